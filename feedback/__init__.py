@@ -1,0 +1,1 @@
+"""The record: DuckDB schema and migrations, the single-writer store, named queries."""

@@ -1,0 +1,141 @@
+"""Named queries for the chat record: conversations, messages and votes."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from feedback.errors import NotFoundError
+from feedback.store import Store
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Where a new answer goes: its conversation and the user message it replies to."""
+
+    conversation_id: str
+    parent_id: str
+    # allocated up front: a stream announces the answer's id in its first chunk
+    answer_id: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    content: str
+    status: str  # 'complete' or 'error'
+    model_id: str
+    adapter_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    error: str | None = None
+
+
+def _owned_conversation(conn: duckdb.DuckDBPyConnection, conversation_id: str, user_id: str) -> bool:
+    """True if it exists and is this user's; NotFoundError if it is someone else's.
+
+    Someone else's conversation is reported as unknown, so ids cannot be probed.
+    """
+    row = conn.execute("SELECT user_id FROM conversations WHERE id = ?", [conversation_id]).fetchone()
+    if row is not None and row[0] != user_id:
+        raise NotFoundError(f"unknown conversation {conversation_id!r}")
+    return row is not None
+
+
+class ChatRecord:
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def start_turn(self, user_id: str, conversation_id: str | None, user_content: str) -> Turn:
+        """Store the user's message (creating the conversation if needed) before any generation."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> Turn:
+            cid = conversation_id or new_id("conv")
+            if not _owned_conversation(conn, cid, user_id):
+                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?)", [cid, user_id])
+            message_id = new_id("msg")
+            conn.execute(
+                "INSERT INTO messages (id, conversation_id, role, content) VALUES (?, ?, 'user', ?)",
+                [message_id, cid, user_content],
+            )
+            return Turn(cid, message_id, new_id("msg"))
+
+        return await self.store.awrite(task)
+
+    async def regeneration_turn(self, user_id: str, answer_id: str) -> Turn:
+        """A new answer to the same user message as ``answer_id``: it will be a sibling."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> Turn:
+            row = conn.execute(
+                "SELECT m.conversation_id, m.parent_id FROM messages m"
+                " JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.id = ? AND m.role = 'assistant' AND c.user_id = ?",
+                [answer_id, user_id],
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"unknown answer {answer_id!r} to regenerate")
+            return Turn(row[0], row[1], new_id("msg"))
+
+        return await self.store.awrite(task)
+
+    async def add_answer(self, turn: Turn, answer: Answer) -> str:
+        def task(conn: duckdb.DuckDBPyConnection) -> str:
+            conn.execute(
+                "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, error,"
+                " model_id, adapter_version, prompt_tokens, completion_tokens, latency_ms)"
+                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    turn.answer_id, turn.conversation_id, turn.parent_id, answer.content, answer.status,
+                    answer.error, answer.model_id, answer.adapter_version, answer.prompt_tokens,
+                    answer.completion_tokens, answer.latency_ms,
+                ],
+            )
+            return turn.answer_id
+
+        return await self.store.awrite(task)
+
+    async def vote(self, user_id: str, message_id: str, rating: str, reason: str | None, comment: str | None) -> dict[str, Any]:
+        """Record a vote; a later vote by the same user on the same answer replaces it."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+            exists = conn.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND role = 'assistant'", [message_id]
+            ).fetchone()
+            if exists is None:
+                raise NotFoundError(f"unknown message {message_id!r}: feedback needs the id of an answer")
+            replaced = conn.execute(
+                "SELECT count(*) FROM feedback WHERE message_id = ? AND user_id = ?", [message_id, user_id]
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO feedback (message_id, user_id, rating, reason, comment) VALUES (?, ?, ?, ?, ?)",
+                [message_id, user_id, rating, reason, comment],
+            )
+            return {"message_id": message_id, "rating": rating, "replaced": replaced > 0}
+
+        return await self.store.awrite(task)
+
+    # -- reads -----------------------------------------------------------------------
+    def message(self, message_id: str) -> dict[str, Any]:
+        rows = self.store.read("SELECT * FROM messages WHERE id = ?", [message_id])
+        if not rows:
+            raise NotFoundError(f"unknown message {message_id!r}")
+        return rows[0]
+
+    def conversation(self, conversation_id: str) -> list[dict[str, Any]]:
+        return self.store.read(
+            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY created_at, role DESC",
+            [conversation_id],
+        )
+
+    def current_votes(self, message_id: str) -> list[dict[str, Any]]:
+        return self.store.read(
+            "SELECT user_id, rating, reason, comment FROM current_feedback WHERE message_id = ? ORDER BY user_id",
+            [message_id],
+        )

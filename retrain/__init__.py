@@ -1,0 +1,1 @@
+"""Learning: dataset builders, training, evaluation, the cycle."""

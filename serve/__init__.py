@@ -1,0 +1,1 @@
+"""Answering: engines, the chat service and its HTTP API (OpenAI-compatible)."""

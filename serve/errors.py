@@ -1,0 +1,81 @@
+"""serve's exceptions and the one function that turns any carecycle error into HTTP."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from feedback.errors import CarecycleError, ConflictError, NotFoundError, StoreError
+from serve.protocol import ErrorDetail, ErrorResponse
+
+
+class InvalidRequestError(CarecycleError):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class EngineUnavailableError(CarecycleError):
+    """The engine cannot answer now (not loaded, crashed, out of memory, unreachable)."""
+
+
+class ModelLoadError(CarecycleError):
+    """The model folder is missing or unreadable."""
+
+
+class AdapterError(CarecycleError):
+    """An adapter that cannot be loaded, activated or unloaded."""
+
+
+_STATUS: dict[type[CarecycleError], tuple[int, str]] = {
+    InvalidRequestError: (422, "invalid_request_error"),
+    NotFoundError: (404, "not_found_error"),
+    ConflictError: (409, "conflict_error"),
+    EngineUnavailableError: (503, "engine_unavailable_error"),
+    ModelLoadError: (503, "engine_unavailable_error"),
+    AdapterError: (409, "adapter_error"),
+    StoreError: (503, "store_error"),
+}
+
+
+def error_payload(exc: CarecycleError) -> tuple[int, ErrorResponse]:
+    """The HTTP status and OpenAI-shaped error body for a carecycle exception."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            status, kind = _STATUS[cls]
+            break
+    else:
+        status, kind = 500, "internal_error"
+    detail = ErrorDetail(message=str(exc), type=kind, param=getattr(exc, "param", None), code=status)
+    return status, ErrorResponse(error=detail)
+
+
+def error_response(status: int, body: ErrorResponse) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+async def carecycle_error_handler(_: Request, exc: CarecycleError) -> JSONResponse:
+    return error_response(*error_payload(exc))
+
+
+async def validation_error_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 in the same shape as every other error, naming each offending field."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"] if part != "body")
+        problems.append(f"{where or 'body'}: {err['msg']}")
+    first_loc = ".".join(str(p) for p in exc.errors()[0]["loc"] if p != "body") if exc.errors() else None
+    detail = ErrorDetail(
+        message="invalid request — " + "; ".join(problems),
+        type="invalid_request_error",
+        param=first_loc or None,
+        code=422,
+    )
+    return error_response(422, ErrorResponse(error=detail))
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse}
+    for status in (404, 409, 422, 503)
+}

@@ -1,0 +1,46 @@
+"""HTTP routes: thin — they turn a service result, error or stream into a response."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve.dependencies import ChatRecordDep, ChatServiceDep, CurrentUser
+from serve.errors import ERROR_RESPONSES
+from serve.protocol import ChatCompletionRequest, ChatCompletionResponse, FeedbackRequest, FeedbackResponse
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep, user: CurrentUser):
+    chat = await service.prepare(body, user)
+    headers = {"X-Conversation-Id": chat.turn.conversation_id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = await service.stream(chat, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    response = await service.complete(chat)
+    return JSONResponse(response.model_dump(), headers=headers)
+
+
+@router.get("/v1/models")
+async def list_models(service: ChatServiceDep):
+    return {
+        "object": "list",
+        "data": [{"id": service.engine.model_id, "object": "model", "created": int(time.time()), "owned_by": "carecycle"}],
+    }
+
+
+@router.post("/api/feedback", response_model=FeedbackResponse)
+async def feedback(body: FeedbackRequest, record: ChatRecordDep, user: CurrentUser) -> FeedbackResponse:
+    result = await record.vote(user, body.message_id, body.rating, body.reason, body.comment)
+    return FeedbackResponse(**result)
+
+
+@router.get("/healthz")
+async def healthz(request: Request, service: ChatServiceDep):
+    engine = service.engine.health()
+    return {"status": "ok", "engine": engine, "schema_version": request.app.state.store.schema_version()}

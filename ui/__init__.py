@@ -1,0 +1,1 @@
+"""Gradio views over serve and feedback; mounted by deploy."""
