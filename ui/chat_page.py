@@ -1,8 +1,6 @@
 """The chat page: streaming answers, thumbs up/down with an optional reason and comment,
 and regenerate (the new answer is stored as a sibling of the old one)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from feedback.chat_record import ChatRecord

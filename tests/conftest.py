@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny random Llama, settings on a temp data dir, a real HTTP server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+
+from tests.tiny_model import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # two threads on a loaded 2-core machine made training steps 10x slower (stack notes)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    from serve.local_engine import LocalEngine
+
+    return LocalEngine(str(tiny_model_dir), model_id="tiny-llama")
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir):
+    from deploy.settings import Settings
+
+    return Settings(
+        data_dir=tmp_path / "data", model=str(tiny_model_dir), temperature=0.0, max_tokens=12, ui=False,
+        max_message_chars=500, max_tokens_limit=64,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving the real app on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app, services):
+        import uvicorn
+
+        self.app = app
+        self.services = services
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def store(self):
+        return self.services.store
+
+
+def start_server(settings, engine) -> LiveServer:
+    from deploy.app import build_app, build_services
+
+    services = build_services(settings, engine=engine)
+    return LiveServer(build_app(settings, services), services)
+
+
+@pytest.fixture
+def server(settings, tiny_engine):
+    with start_server(settings, tiny_engine) as live:
+        yield live
+
+
+@pytest.fixture
+def client(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
