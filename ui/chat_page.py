@@ -80,18 +80,22 @@ def build_chat_page(service: ChatService, record: ChatRecord):
         await record.vote(_user_id(request), last["message_id"], last["rating"], reason or None, comment or None)
         return "Your reason and comment were added to your vote."
 
+    def fresh_state() -> dict:
+        return {"conversation_id": None, "answers": {}, "last_vote": None}
+
     with gr.Blocks(title="carecycle") as page:
         gr.Markdown("## carecycle — medical assistant\nFor information only: in an emergency call your local emergency number.")
-        state = gr.State({"conversation_id": None, "answers": {}, "last_vote": None})
+        state = gr.State(fresh_state())
         chatbot = gr.Chatbot(label="Conversation", elem_id="chat", height=420)
         with gr.Row():
             box = gr.Textbox(placeholder="Ask a health question…", show_label=False, scale=8, elem_id="question")
             send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
             regen_button = gr.Button("Regenerate", scale=1, elem_id="regenerate")
-        with gr.Accordion("Why? (optional, after a vote)", open=False):
-            reason = gr.Dropdown(FEEDBACK_REASONS, value="", label="Reason", elem_id="reason")
-            comment = gr.Textbox(label="Comment", lines=2, max_length=4000, elem_id="comment")
-            details_button = gr.Button("Add to my vote", elem_id="add-details")
+        gr.Markdown("Rate an answer with 👍 / 👎 on it; optionally say why:")
+        with gr.Row():
+            reason = gr.Dropdown(FEEDBACK_REASONS, value="", label="Reason", elem_id="reason", scale=1)
+            comment = gr.Textbox(label="Comment", lines=1, max_length=4000, elem_id="comment", scale=3)
+            details_button = gr.Button("Add to my vote", elem_id="add-details", scale=1)
         status = gr.Markdown(elem_id="status")
 
         send_button.click(send, [box, chatbot, state], [chatbot, state, status, box])
@@ -99,4 +103,5 @@ def build_chat_page(service: ChatService, record: ChatRecord):
         regen_button.click(regenerate, [chatbot, state], [chatbot, state, status])
         chatbot.like(vote, [state, reason, comment], [state, status])
         details_button.click(add_details, [state, reason, comment], [status])
+        chatbot.clear(fresh_state, None, [state])  # a cleared chat starts a new conversation
     return page

@@ -1,0 +1,102 @@
+"""Headless Chromium (Debian's chromium + chromium-driver) drives the Gradio chat page."""
+
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import start_server
+
+pytestmark = pytest.mark.browser
+
+CHROME_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1280,1000",
+]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("Debian's chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in CHROME_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def ui_server(settings, tiny_engine):
+    with start_server(settings.model_copy(update={"ui": True}), tiny_engine) as live:
+        yield live
+
+
+def wait_for(condition, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_chat_then_thumbs_down_with_reason_lands_in_duckdb(browser, ui_server):
+    from selenium.webdriver.common.by import By
+
+    store = ui_server.store
+    browser.get(ui_server.url + "/")
+    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#question textarea"), what="the question box")[0]
+    box.send_keys("the patient has a fever, is ibuprofen safe?")
+    browser.find_element(By.CSS_SELECTOR, "#send").click()
+
+    answer = wait_for(
+        lambda: store.read("SELECT * FROM messages WHERE role = 'assistant' AND status = 'complete'"),
+        what="the answer to be stored",
+    )[0]
+    question = store.read("SELECT content FROM messages WHERE id = ?", [answer["parent_id"]])[0]["content"]
+    assert question == "the patient has a fever, is ibuprofen safe?"
+    # the streamed answer is on the page
+    wait_for(lambda: answer["content"].strip()[:3] in browser.find_element(By.CSS_SELECTOR, "#chat").text,
+             what="the answer on the page")
+
+    dislike = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#chat button[aria-label='Dislike']"),
+                       what="the thumbs-down button")
+    dislike[-1].click()
+    vote = wait_for(lambda: store.read("SELECT * FROM current_feedback WHERE message_id = ?", [answer["id"]]),
+                    what="the vote in DuckDB")[0]
+    assert vote["rating"] == "down" and vote["user_id"].startswith("ui-")
+    wait_for(lambda: "recorded" in browser.find_element(By.CSS_SELECTOR, "#status").text, what="the thank-you")
+
+    # optional reason and comment replace the vote; the first stays in history
+    browser.find_element(By.CSS_SELECTOR, "#comment textarea").send_keys("it did not mention stomach bleeding")
+    browser.find_element(By.CSS_SELECTOR, "#add-details").click()
+    wait_for(lambda: store.read("SELECT comment FROM current_feedback WHERE message_id = ? AND comment IS NOT NULL",
+                                [answer["id"]]), what="the comment in DuckDB")
+    history = store.read("SELECT rating, comment FROM feedback WHERE message_id = ? ORDER BY seq", [answer["id"]])
+    assert history == [{"rating": "down", "comment": None},
+                       {"rating": "down", "comment": "it did not mention stomach bleeding"}]
+
+
+def test_regenerate_stores_a_sibling(browser, ui_server):
+    from selenium.webdriver.common.by import By
+
+    store = ui_server.store
+    browser.get(ui_server.url + "/")
+    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#question textarea"), what="the question box")[0]
+    box.send_keys("how much water should a child drink?")
+    browser.find_element(By.CSS_SELECTOR, "#send").click()
+    wait_for(lambda: store.read("SELECT id FROM messages WHERE role = 'assistant'"), what="the first answer")
+    browser.find_element(By.CSS_SELECTOR, "#regenerate").click()
+    answers = wait_for(lambda: (rows := store.read("SELECT parent_id, conversation_id FROM messages WHERE role = 'assistant'"))
+                       and len(rows) == 2 and rows, what="the regenerated answer")
+    assert answers[0] == answers[1]  # same question, same conversation: siblings
+    assert store.read("SELECT count(*) AS n FROM messages WHERE role = 'user'") == [{"n": 1}]
