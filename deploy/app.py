@@ -53,8 +53,12 @@ def build_engine(settings: Settings) -> Engine:
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     """Open the record and load the engine; raises CarecycleError with a message to act on."""
-    engine = engine or build_engine(settings)
-    store = Store(settings.record_path).open()
+    store = Store(settings.record_path).open()  # first: a locked record fails in a second, not after a model load
+    try:
+        engine = engine or build_engine(settings)
+    except BaseException:
+        store.close()
+        raise
     record = ChatRecord(store)
     return Services(store, engine, record, ChatService(engine, record, chat_policy(settings)))
 

