@@ -12,9 +12,12 @@ from fastapi.responses import RedirectResponse
 from deploy.settings import Settings
 from feedback.chat_record import ChatRecord
 from feedback.errors import CarecycleError
+from feedback.judgment_record import JudgmentRecord
 from feedback.store import Store
-from serve.chat_service import ChatPolicy, ChatService
+from serve.chat_service import ChatPolicy, ChatService, PreparedChat
 from serve.engine import Engine, GenerationParams, create_engine
+from serve.judges.base import Judge, create_judge
+from serve.judging_worker import JudgingPolicy, JudgingWorker
 from serve.errors import carecycle_error_handler, validation_error_handler
 from serve.routes import router
 
@@ -27,6 +30,7 @@ class Services:
     engine: Engine
     chat_record: ChatRecord
     chat_service: ChatService
+    judging: JudgingWorker
 
     def close(self) -> None:
         self.engine.close()
@@ -42,7 +46,42 @@ def chat_policy(settings: Settings) -> ChatPolicy:
         max_tokens_limit=settings.max_tokens_limit,
         max_message_chars=settings.max_message_chars,
         max_messages=settings.max_messages,
+        safety_reminder=settings.safety_reminder,
     )
+
+
+def judging_policy(settings: Settings) -> JudgingPolicy:
+    return JudgingPolicy(
+        timeout_s=settings.judge_timeout_s * (settings.judge_retries + 1) + 5,
+        retry_after_s=settings.judge_retry_after_s,
+        max_attempts=settings.judge_max_attempts,
+        sweep_every_s=settings.judge_sweep_every_s,
+    )
+
+
+def build_judge(kind: str, settings: Settings, engine: Engine) -> Judge:
+    if kind == "self":
+        return create_judge("self", engine=engine)
+    if kind == "external":
+        return create_judge(
+            "external", url=settings.judge_url, model=settings.judge_model, api_key=settings.judge_api_key,
+            timeout_s=settings.judge_timeout_s, retries=settings.judge_retries,
+        )
+    from serve.judges.finetuned import resolve_classifier
+
+    return create_judge("finetuned", model_dir=resolve_classifier(settings.judge_classifier, settings.judges_dir))
+
+
+def live_judging(settings: Settings, engine: Engine, store: Store, chat_service: ChatService) -> JudgingWorker:
+    judges = [build_judge(kind, settings, engine) for kind in settings.judge_kinds]
+    worker = JudgingWorker(judges, JudgmentRecord(store), judging_policy(settings))
+
+    def judge_answer(chat: PreparedChat, text: str) -> None:
+        conversation = [m for m in chat.messages if m["role"] != "system"]
+        worker.submit(chat.turn.answer_id, conversation, text)
+
+    chat_service.listeners.append(judge_answer)
+    return worker
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -52,15 +91,17 @@ def build_engine(settings: Settings) -> Engine:
 
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
-    """Open the record and load the engine; raises CarecycleError with a message to act on."""
+    """Open the record, load the engine and the judges; raises CarecycleError with a message to act on."""
     store = Store(settings.record_path).open()  # first: a locked record fails in a second, not after a model load
     try:
         engine = engine or build_engine(settings)
+        record = ChatRecord(store)
+        chat_service = ChatService(engine, record, chat_policy(settings))
+        judging = live_judging(settings, engine, store, chat_service)
     except BaseException:
         store.close()
         raise
-    record = ChatRecord(store)
-    return Services(store, engine, record, ChatService(engine, record, chat_policy(settings)))
+    return Services(store, engine, record, chat_service, judging)
 
 
 def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -68,7 +109,9 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await services.judging.start()
         yield
+        await services.judging.stop()
         services.close()
 
     app = FastAPI(title="carecycle", version="0.1.0", lifespan=lifespan)
@@ -77,6 +120,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.engine = services.engine
     app.state.chat_record = services.chat_record
     app.state.chat_service = services.chat_service
+    app.state.judging = services.judging
     app.add_exception_handler(CarecycleError, carecycle_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(router)

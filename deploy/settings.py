@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.model_prepare import SMOLLM2_FOLDER
@@ -39,6 +39,42 @@ class Settings(BaseSettings):
     max_messages: int = Field(64, ge=1, description="Most messages accepted in one request.")
     torch_threads: int | None = Field(None, ge=1, description="Threads torch may use (unset: torch's default).")
     ui: bool = Field(True, description="Mount the Gradio chat page at `/`.")
+    judges: str = Field(
+        "finetuned",
+        description="Judges that label every answer live, comma-separated: `self`, `external`, `finetuned` "
+        "(empty: none).",
+    )
+    judge_classifier: Path | None = Field(
+        None, description="Finetuned judge folder; default: the newest one `carecycle judge train` wrote."
+    )
+    judge_url: str | None = Field(None, description="External judge: an OpenAI-compatible base URL ending in /v1.")
+    judge_model: str | None = Field(None, description="External judge: the model name to ask.")
+    judge_api_key: str | None = Field(None, description="External judge: the API key, if the endpoint needs one.")
+    judge_timeout_s: float = Field(30.0, gt=0, description="External judge: seconds per attempt.")
+    judge_retries: int = Field(2, ge=0, description="External judge: retries with exponential backoff per answer.")
+    judge_retry_after_s: float = Field(60.0, ge=0, description="Wait before judging again an answer whose judge failed.")
+    judge_max_attempts: int = Field(5, ge=1, description="Attempts per answer and judge before giving up.")
+    judge_sweep_every_s: float = Field(30.0, gt=0, description="How often unjudged answers are looked for.")
+    safety_reminder: bool = Field(
+        False, description="Add a safety reminder to the system prompt when a prompt looks like a jailbreak."
+    )
+
+    @model_validator(mode="after")
+    def _judges_are_usable(self) -> "Settings":
+        unknown = set(self.judge_kinds) - {"self", "external", "finetuned"}
+        if unknown:
+            raise ValueError(f"CARECYCLE_JUDGES names unknown judges {sorted(unknown)}; use self, external, finetuned")
+        if "external" in self.judge_kinds and not (self.judge_url and self.judge_model):
+            raise ValueError("the external judge needs CARECYCLE_JUDGE_URL and CARECYCLE_JUDGE_MODEL")
+        return self
+
+    @property
+    def judge_kinds(self) -> list[str]:
+        return [kind.strip() for kind in self.judges.split(",") if kind.strip()]
+
+    @property
+    def judges_dir(self) -> Path:
+        return self.data_dir / "judges"
 
     @property
     def record_path(self) -> Path:

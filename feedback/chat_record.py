@@ -36,6 +36,7 @@ class Answer:
     completion_tokens: int
     latency_ms: float
     error: str | None = None
+    safety_reminder: bool = False
 
 
 def _owned_conversation(conn: duckdb.DuckDBPyConnection, conversation_id: str, user_id: str) -> bool:
@@ -89,12 +90,12 @@ class ChatRecord:
         def task(conn: duckdb.DuckDBPyConnection) -> str:
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, error,"
-                " model_id, adapter_version, prompt_tokens, completion_tokens, latency_ms)"
-                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " model_id, adapter_version, prompt_tokens, completion_tokens, latency_ms, safety_reminder)"
+                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     turn.answer_id, turn.conversation_id, turn.parent_id, answer.content, answer.status,
                     answer.error, answer.model_id, answer.adapter_version, answer.prompt_tokens,
-                    answer.completion_tokens, answer.latency_ms,
+                    answer.completion_tokens, answer.latency_ms, answer.safety_reminder,
                 ],
             )
             return turn.answer_id

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from feedback.chat_record import Answer, ChatRecord, Turn
 from feedback.errors import CarecycleError
 from serve.engine import Engine, Generation, GenerationParams
 from serve.errors import EngineUnavailableError, InvalidRequestError, error_payload
+from serve.reminder import SAFETY_REMINDER, jailbreak_style
 from serve.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -38,6 +39,8 @@ class ChatPolicy:
     max_tokens_limit: int = 1024
     max_message_chars: int = 8000
     max_messages: int = 64
+    # the CARES mitigation: a safety reminder for prompts that look like jailbreaks
+    safety_reminder: bool = False
 
 
 @dataclass
@@ -46,7 +49,12 @@ class PreparedChat:
     messages: list[dict[str, str]]
     params: GenerationParams
     started: float
+    safety_reminder: bool = False
     generation: Generation | None = None
+
+
+# called with (chat, answer text) after a complete answer is stored — e.g. live judging
+AnswerListener = Callable[[PreparedChat, str], None]
 
 
 class ChatService:
@@ -54,6 +62,7 @@ class ChatService:
         self.engine = engine
         self.record = record
         self.policy = policy
+        self.listeners: list[AnswerListener] = []
 
     # -- request checks --------------------------------------------------------------
     def _check(self, request: ChatCompletionRequest) -> None:
@@ -86,11 +95,15 @@ class ChatService:
             seed=request.seed if request.seed is not None else defaults.seed,
         )
 
-    def _prompt(self, request: ChatCompletionRequest) -> list[dict[str, str]]:
+    def _prompt(self, request: ChatCompletionRequest) -> tuple[list[dict[str, str]], bool]:
+        """The messages the engine sees, and whether a safety reminder was added to them."""
         messages = [{"role": m.role, "content": m.text} for m in request.messages]
-        if messages[0]["role"] != "system" and self.policy.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.policy.system_prompt})
-        return messages
+        remind = self.policy.safety_reminder and jailbreak_style(messages[-1]["content"]) is not None
+        base = messages.pop(0)["content"] if messages[0]["role"] == "system" else self.policy.system_prompt
+        system = "\n\n".join(part for part in (base, SAFETY_REMINDER if remind else "") if part)
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        return messages, remind
 
     async def prepare(self, request: ChatCompletionRequest, user_id: str) -> PreparedChat:
         """Validate, then store the user's turn (or locate the answer being regenerated)."""
@@ -101,7 +114,8 @@ class ChatService:
         else:
             conversation_id = metadata.conversation_id if metadata else None
             turn = await self.record.start_turn(user_id, conversation_id, request.messages[-1].text)
-        return PreparedChat(turn, self._prompt(request), self._params(request), time.perf_counter())
+        messages, remind = self._prompt(request)
+        return PreparedChat(turn, messages, self._params(request), time.perf_counter(), safety_reminder=remind)
 
     # -- answering -------------------------------------------------------------------
     def _start(self, chat: PreparedChat) -> Generation:
@@ -125,8 +139,12 @@ class ChatService:
                 prompt_tokens=generation.prompt_tokens if generation else 0,
                 completion_tokens=generation.completion_tokens if generation else 0,
                 latency_ms=(time.perf_counter() - chat.started) * 1000,
+                safety_reminder=chat.safety_reminder,
             ),
         )
+        if error is None:
+            for listener in self.listeners:
+                listener(chat, text)
 
     async def deltas(self, chat: PreparedChat) -> AsyncIterator[str]:
         """The answer's text as it is generated; it is stored when it ends, however it ends."""

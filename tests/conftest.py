@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -45,7 +46,7 @@ def settings(tmp_path, tiny_model_dir):
 
     return Settings(
         data_dir=tmp_path / "data", model=str(tiny_model_dir), temperature=0.0, max_tokens=12, ui=False,
-        max_message_chars=500, max_tokens_limit=64,
+        max_message_chars=500, max_tokens_limit=64, judges="",
     )
 
 
@@ -67,7 +68,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server_loop = asyncio.new_event_loop()  # tests schedule coroutines on it
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.server_loop)
+        self.server_loop.run_until_complete(self.server.serve())
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()
@@ -87,10 +93,13 @@ class LiveServer:
         return self.services.store
 
 
-def start_server(settings, engine) -> LiveServer:
+def start_server(settings, engine, judges=None) -> LiveServer:
+    """A live server; ``judges`` replaces the judges the settings name (e.g. a test judge)."""
     from deploy.app import build_app, build_services
 
     services = build_services(settings, engine=engine)
+    if judges is not None:
+        services.judging.judges = judges
     return LiveServer(build_app(settings, services), services)
 
 

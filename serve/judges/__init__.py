@@ -1,0 +1,1 @@
+"""Guard judges: label an answer Accept / Caution / Refuse and estimate the prompt's harm."""
