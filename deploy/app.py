@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -10,18 +12,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 
 from deploy.settings import Settings
+from feedback.accounts import Accounts
 from feedback.chat_record import ChatRecord
 from feedback.errors import CarecycleError
 from feedback.judgment_record import JudgmentRecord
+from feedback.retention import purge_expired
+from feedback.review_record import ReviewRecord
 from feedback.store import Store
+from serve import admin_routes, chat_routes, review_routes
+from serve.body_limit import BodySizeLimit
 from serve.chat_service import ChatPolicy, ChatService, PreparedChat
 from serve.engine import Engine, GenerationParams, create_engine
 from serve.judges.base import Judge, create_judge
 from serve.judging_worker import JudgingPolicy, JudgingWorker
 from serve.errors import carecycle_error_handler, validation_error_handler
-from serve.routes import router
+from serve.rate_limit import RateLimiter
 
 UI_PATH = "/ui"
+log = logging.getLogger("carecycle")
 
 
 @dataclass
@@ -110,7 +118,9 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await services.judging.start()
+        retention = asyncio.create_task(_enforce_retention(settings, services.store))
         yield
+        retention.cancel()
         await services.judging.stop()
         services.close()
 
@@ -121,12 +131,27 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.chat_record = services.chat_record
     app.state.chat_service = services.chat_service
     app.state.judging = services.judging
+    app.state.accounts = Accounts(services.store)
+    app.state.review_record = ReviewRecord(services.store)
+    app.state.rate_limiter = RateLimiter({"chat": settings.rate_limit_chat, "feedback": settings.rate_limit_feedback})
     app.add_exception_handler(CarecycleError, carecycle_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    for module in (chat_routes, review_routes, admin_routes):
+        app.include_router(module.router)
     if settings.ui:
         _mount_ui(app, services)
     return app
+
+
+async def _enforce_retention(settings: Settings, store: Store) -> None:
+    """Hourly: delete conversations past the retention period (when one is set)."""
+    while settings.retention_days:
+        try:
+            await asyncio.to_thread(purge_expired, store, "system:retention", settings.retention_days)
+        except CarecycleError as exc:
+            log.error("retention purge failed: %s", exc)
+        await asyncio.sleep(3600)
 
 
 def _mount_ui(app: FastAPI, services: Services) -> None:

@@ -7,17 +7,18 @@ import sys
 
 import typer
 
+from deploy import cli_admin, cli_judges
+from deploy.cli_admin import fail as _fail
 from deploy.settings import Settings
 from feedback.errors import CarecycleError
 
 app = typer.Typer(help="carecycle: a medical chat assistant that gets safer every night.", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare and inspect the served model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"carecycle: {message}", err=True)
-    raise typer.Exit(code=2)
+app.add_typer(cli_admin.users_app, name="users")
+app.add_typer(cli_judges.judge_app, name="judge")
+app.command()(cli_admin.audit)
+app.command()(cli_admin.forget)
 
 
 @model_app.command("prepare")

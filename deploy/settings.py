@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     judge_retry_after_s: float = Field(60.0, ge=0, description="Wait before judging again an answer whose judge failed.")
     judge_max_attempts: int = Field(5, ge=1, description="Attempts per answer and judge before giving up.")
     judge_sweep_every_s: float = Field(30.0, gt=0, description="How often unjudged answers are looked for.")
+    anonymous_chat: bool = Field(
+        True,
+        description="Let callers without an API key chat (as `anonymous`; each chat-page session is its own user). "
+        "Turn off to require sign-in for chatting too.",
+    )
+    rate_limit_chat: int = Field(30, ge=0, description="Chat requests per user per minute (0: unlimited).")
+    rate_limit_feedback: int = Field(60, ge=0, description="Votes per user per minute (0: unlimited).")
+    max_request_bytes: int = Field(256_000, ge=1024, description="Largest request body accepted, in bytes.")
+    retention_days: int | None = Field(
+        None, ge=1, description="Delete conversations whose last message is older than this (unset: keep)."
+    )
     safety_reminder: bool = Field(
         False, description="Add a safety reminder to the system prompt when a prompt looks like a jailbreak."
     )

@@ -123,20 +123,22 @@ class ChatRecord:
         return await self.store.awrite(task)
 
     # -- reads -----------------------------------------------------------------------
-    def message(self, message_id: str) -> dict[str, Any]:
-        rows = self.store.read("SELECT * FROM messages WHERE id = ?", [message_id])
-        if not rows:
-            raise NotFoundError(f"unknown message {message_id!r}")
-        return rows[0]
-
-    def conversation(self, conversation_id: str) -> list[dict[str, Any]]:
-        return self.store.read(
-            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY created_at, role DESC",
-            [conversation_id],
+    def conversation(self, conversation_id: str, owner: str) -> list[dict[str, Any]]:
+        """The messages of one of ``owner``'s conversations; someone else's is unknown."""
+        rows = self.store.read(
+            "SELECT m.id, m.parent_id, m.role, m.content, m.status, m.adapter_version, m.created_at"
+            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE c.id = ? AND c.user_id = ? ORDER BY m.created_at, m.role DESC",
+            [conversation_id, owner],
         )
+        if not rows:
+            raise NotFoundError(f"unknown conversation {conversation_id!r}")
+        return rows
 
-    def current_votes(self, message_id: str) -> list[dict[str, Any]]:
+    def conversations_of(self, owner: str) -> list[dict[str, Any]]:
         return self.store.read(
-            "SELECT user_id, rating, reason, comment FROM current_feedback WHERE message_id = ? ORDER BY user_id",
-            [message_id],
+            "SELECT c.id, c.created_at, count(m.id) AS messages, max(m.created_at) AS last_message_at"
+            " FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id"
+            " WHERE c.user_id = ? GROUP BY c.id, c.created_at ORDER BY last_message_at DESC NULLS LAST",
+            [owner],
         )

@@ -39,6 +39,12 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def rows_as_dicts(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The rows of an executed query as dicts keyed by column name."""
+    columns = [d[0] for d in result.description]
+    return [dict(zip(columns, row)) for row in result.fetchall()]
+
+
 class Store:
     """Owner of the record's single read-write connection."""
 
@@ -140,9 +146,7 @@ class Store:
     def read(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         cursor = self._connection().cursor()
         try:
-            result = cursor.execute(sql, params or [])
-            columns = [d[0] for d in result.description]
-            return [dict(zip(columns, row)) for row in result.fetchall()]
+            return rows_as_dicts(cursor.execute(sql, params or []))
         finally:
             cursor.close()
 

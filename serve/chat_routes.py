@@ -1,4 +1,4 @@
-"""HTTP routes: thin — they turn a service result, error or stream into a response."""
+"""Chat routes: thin — they turn a service result, error or stream into a response."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serve.dependencies import ChatRecordDep, ChatServiceDep, CurrentUser
+from serve.dependencies import ChatRecordDep, ChatServiceDep, CurrentUser, SignedInUser, rate_limited
 from serve.errors import ERROR_RESPONSES
 from serve.protocol import ChatCompletionRequest, ChatCompletionResponse, FeedbackRequest, FeedbackResponse
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, dependencies=[rate_limited("chat")])
 async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep, user: CurrentUser):
-    chat = await service.prepare(body, user)
+    chat = await service.prepare(body, user.id)
     headers = {"X-Conversation-Id": chat.turn.conversation_id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -27,17 +27,28 @@ async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep,
 
 
 @router.get("/v1/models")
-async def list_models(service: ChatServiceDep):
+async def list_models(service: ChatServiceDep, user: CurrentUser):
     return {
         "object": "list",
         "data": [{"id": service.engine.model_id, "object": "model", "created": int(time.time()), "owned_by": "carecycle"}],
     }
 
 
-@router.post("/api/feedback", response_model=FeedbackResponse)
+@router.post("/api/feedback", response_model=FeedbackResponse, dependencies=[rate_limited("feedback")])
 async def feedback(body: FeedbackRequest, record: ChatRecordDep, user: CurrentUser) -> FeedbackResponse:
-    result = await record.vote(user, body.message_id, body.rating, body.reason, body.comment)
+    result = await record.vote(user.id, body.message_id, body.rating, body.reason, body.comment)
     return FeedbackResponse(**result)
+
+
+@router.get("/api/conversations")
+async def my_conversations(record: ChatRecordDep, user: SignedInUser):
+    """The caller's own conversations, newest first."""
+    return {"data": record.conversations_of(user.id)}
+
+
+@router.get("/api/conversations/{conversation_id}")
+async def my_conversation(conversation_id: str, record: ChatRecordDep, user: SignedInUser):
+    return {"id": conversation_id, "messages": record.conversation(conversation_id, owner=user.id)}
 
 
 @router.get("/healthz")

@@ -4,28 +4,78 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from feedback.accounts import Account, Accounts
 from feedback.chat_record import ChatRecord
+from feedback.review_record import ReviewRecord
+from feedback.store import Store
 from serve.chat_service import ChatService
-from serve.protocol import ID_PATTERN
+from serve.errors import AuthenticationError, PermissionDeniedError
+from serve.rate_limit import RateLimiter
+
+ANONYMOUS = Account("anonymous", "user")
+_bearer = HTTPBearer(auto_error=False, description="An API key made by `carecycle users create`.")
 
 
-def _chat_service(request: Request) -> ChatService:
-    return request.app.state.chat_service
+def _state(name: str):
+    def get(request: Request):
+        return getattr(request.app.state, name)
+
+    return get
 
 
-def _chat_record(request: Request) -> ChatRecord:
-    return request.app.state.chat_record
+StoreDep = Annotated[Store, Depends(_state("store"))]
+ChatServiceDep = Annotated[ChatService, Depends(_state("chat_service"))]
+ChatRecordDep = Annotated[ChatRecord, Depends(_state("chat_record"))]
+AccountsDep = Annotated[Accounts, Depends(_state("accounts"))]
+ReviewRecordDep = Annotated[ReviewRecord, Depends(_state("review_record"))]
+RateLimiterDep = Annotated[RateLimiter, Depends(_state("rate_limiter"))]
 
 
-def _current_user(
-    x_carecycle_user: Annotated[str | None, Header(pattern=ID_PATTERN)] = None,
-) -> str:
-    # Until sign-in exists (roles issue), the caller names itself; the UI uses its session id.
-    return x_carecycle_user or "anonymous"
+def _signed_in(
+    request: Request, accounts: AccountsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Account | None:
+    if credentials is None:
+        return None
+    account = accounts.by_api_key(credentials.credentials)
+    if account is None:
+        raise AuthenticationError("unknown or disabled API key")
+    return account
 
 
-ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
-ChatRecordDep = Annotated[ChatRecord, Depends(_chat_record)]
-CurrentUser = Annotated[str, Depends(_current_user)]
+def _chat_user(request: Request, account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+    if account is not None:
+        return account
+    if request.app.state.settings.anonymous_chat:
+        return ANONYMOUS
+    raise AuthenticationError("sign in: send `Authorization: Bearer <API key>`")
+
+
+def _requires(role: str):
+    def check(account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+        if account is None:
+            raise AuthenticationError(f"this needs a signed-in {role}: send `Authorization: Bearer <API key>`")
+        if not account.has_role(role):
+            raise PermissionDeniedError(f"this needs the {role} role; {account.id} is {account.role}")
+        return account
+
+    return check
+
+
+CurrentUser = Annotated[Account, Depends(_chat_user)]
+SignedInUser = Annotated[Account, Depends(_requires("user"))]  # never anonymous: may read transcripts
+OperatorUser = Annotated[Account, Depends(_requires("operator"))]
+AdminUser = Annotated[Account, Depends(_requires("admin"))]
+
+
+def rate_limited(action: str):
+    """A dependency that spends one of the user's ``action`` tokens (anonymous: per client address)."""
+
+    def spend(request: Request, user: CurrentUser, limiter: RateLimiterDep) -> None:
+        key = user.id if user is not ANONYMOUS else f"anonymous@{request.client.host if request.client else '?'}"
+        limiter.check(action, key)
+
+    return Depends(spend)

@@ -28,6 +28,24 @@ class AdapterError(CarecycleError):
     """An adapter that cannot be loaded, activated or unloaded."""
 
 
+class AuthenticationError(CarecycleError):
+    """No credentials, or credentials that match no account."""
+
+
+class PermissionDeniedError(CarecycleError):
+    """A signed-in account whose role does not allow the action."""
+
+
+class RateLimitedError(CarecycleError):
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLargeError(CarecycleError):
+    """A request body over the configured limit."""
+
+
 _STATUS: dict[type[CarecycleError], tuple[int, str]] = {
     InvalidRequestError: (422, "invalid_request_error"),
     NotFoundError: (404, "not_found_error"),
@@ -35,6 +53,10 @@ _STATUS: dict[type[CarecycleError], tuple[int, str]] = {
     EngineUnavailableError: (503, "engine_unavailable_error"),
     ModelLoadError: (503, "engine_unavailable_error"),
     AdapterError: (409, "adapter_error"),
+    AuthenticationError: (401, "authentication_error"),
+    PermissionDeniedError: (403, "permission_error"),
+    RateLimitedError: (429, "rate_limit_error"),
+    PayloadTooLargeError: (413, "payload_too_large_error"),
     StoreError: (503, "store_error"),
 }
 
@@ -51,12 +73,20 @@ def error_payload(exc: CarecycleError) -> tuple[int, ErrorResponse]:
     return status, ErrorResponse(error=detail)
 
 
-def error_response(status: int, body: ErrorResponse) -> JSONResponse:
-    return JSONResponse(status_code=status, content=body.model_dump())
+def error_response(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def _error_headers(exc: CarecycleError) -> dict[str, str] | None:
+    if isinstance(exc, AuthenticationError):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RateLimitedError):
+        return {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    return None
 
 
 async def carecycle_error_handler(_: Request, exc: CarecycleError) -> JSONResponse:
-    return error_response(*error_payload(exc))
+    return error_response(*error_payload(exc), headers=_error_headers(exc))
 
 
 async def validation_error_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -77,5 +107,5 @@ async def validation_error_handler(_: Request, exc: RequestValidationError) -> J
 
 ERROR_RESPONSES = {
     status: {"model": ErrorResponse}
-    for status in (404, 409, 422, 503)
+    for status in (401, 403, 404, 409, 413, 422, 429, 503)
 }

@@ -115,3 +115,13 @@ def client(server):
 
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
+
+
+@pytest.fixture
+def keys(server) -> dict[str, str]:
+    """API keys of test accounts: chat users, an operator and an admin."""
+    from feedback.accounts import Accounts
+
+    accounts = Accounts(server.store)
+    users = {name: "user" for name in ("alice", "bob", "carol", "dave", "eve", "mallory", "user0", "user1", "user2")}
+    return {name: accounts.create("test", name, role) for name, role in {**users, "olga": "operator", "ada": "admin"}.items()}

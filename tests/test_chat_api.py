@@ -9,8 +9,12 @@ from tests.sse import read_events
 QUESTION = {"role": "user", "content": "the patient has a fever, what dose of paracetamol?"}
 
 
-def chat(client, *messages, user=None, **extra):
-    headers = {"X-Carecycle-User": user} if user else {}
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat(client, *messages, key=None, **extra):
+    headers = bearer(key) if key else {}
     return client.post("/v1/chat/completions", json={"messages": list(messages) or [QUESTION], **extra}, headers=headers)
 
 
@@ -65,10 +69,10 @@ def test_streaming_and_non_streaming_agree_greedily(client):
     assert streamed == plain
 
 
-def test_openai_client_parses_both_shapes(server):
+def test_openai_client_parses_both_shapes(server, keys):
     from openai import OpenAI
 
-    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=server.url + "/v1", api_key=keys["alice"], max_retries=0)
     completion = client.chat.completions.create(model="tiny-llama", messages=[QUESTION], max_tokens=5)
     assert completion.id.startswith("msg-") and completion.usage.completion_tokens == 5
     stream = client.chat.completions.create(model="tiny-llama", messages=[QUESTION], max_tokens=5, stream=True)
@@ -76,34 +80,34 @@ def test_openai_client_parses_both_shapes(server):
     assert "".join(pieces) == stored(server, completion.id)["content"]  # greedy: same answer both ways
 
 
-def test_conversation_grouping_by_metadata(client, server):
-    first = chat(client, user="alice").json()
+def test_conversation_grouping_by_metadata(client, server, keys):
+    first = chat(client, key=keys["alice"]).json()
     conversation = first["conversation_id"]
     follow_up = chat(
         client, QUESTION, {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
         {"role": "user", "content": "and for a child?"},
-        user="alice", metadata={"conversation_id": conversation},
+        key=keys["alice"], metadata={"conversation_id": conversation},
     ).json()
     assert follow_up["conversation_id"] == conversation
     roles = [r["role"] for r in server.store.read(
         "SELECT role FROM messages WHERE conversation_id = ? ORDER BY created_at", [conversation])]
     assert roles == ["user", "assistant", "user", "assistant"]
     # without metadata every chat starts a new conversation
-    assert chat(client, user="alice").json()["conversation_id"] != conversation
+    assert chat(client, key=keys["alice"]).json()["conversation_id"] != conversation
 
 
-def test_client_chosen_conversation_id_and_foreign_conversations(client, server):
-    assert chat(client, user="alice", metadata={"conversation_id": "visit-42"}).json()["conversation_id"] == "visit-42"
-    response = chat(client, user="mallory", metadata={"conversation_id": "visit-42"})
+def test_client_chosen_conversation_id_and_foreign_conversations(client, server, keys):
+    assert chat(client, key=keys["alice"], metadata={"conversation_id": "visit-42"}).json()["conversation_id"] == "visit-42"
+    response = chat(client, key=keys["mallory"], metadata={"conversation_id": "visit-42"})
     assert response.status_code == 404
     assert "visit-42" in response.json()["error"]["message"]
     owners = server.store.read("SELECT DISTINCT user_id FROM conversations WHERE id = 'visit-42'")
     assert owners == [{"user_id": "alice"}]
 
 
-def test_regeneration_is_stored_as_a_sibling(client, server):
-    first = chat(client, user="bob").json()
-    again = chat(client, user="bob", metadata={"regenerate": first["id"]}, temperature=1.0, seed=7).json()
+def test_regeneration_is_stored_as_a_sibling(client, server, keys):
+    first = chat(client, key=keys["bob"]).json()
+    again = chat(client, key=keys["bob"], metadata={"regenerate": first["id"]}, temperature=1.0, seed=7).json()
     original, sibling = stored(server, first["id"]), stored(server, again["id"])
     assert again["id"] != first["id"]
     assert sibling["parent_id"] == original["parent_id"]
@@ -111,18 +115,18 @@ def test_regeneration_is_stored_as_a_sibling(client, server):
     users = server.store.read("SELECT count(*) AS n FROM messages WHERE conversation_id = ? AND role = 'user'",
                               [original["conversation_id"]])
     assert users == [{"n": 1}]  # regenerating stores no second question
-    assert chat(client, user="eve", metadata={"regenerate": first["id"]}).status_code == 404
+    assert chat(client, key=keys["eve"], metadata={"regenerate": first["id"]}).status_code == 404
 
 
-def test_feedback_is_stored_and_a_second_vote_replaces_the_first(client, server):
-    answer_id = chat(client, user="carol").json()["id"]
+def test_feedback_is_stored_and_a_second_vote_replaces_the_first(client, server, keys):
+    answer_id = chat(client, key=keys["carol"]).json()["id"]
     first = client.post("/api/feedback", json={"message_id": answer_id, "rating": "up"},
-                        headers={"X-Carecycle-User": "carol"})
+                        headers=bearer(keys["carol"]))
     assert first.status_code == 200 and first.json() == {"message_id": answer_id, "rating": "up", "replaced": False}
-    second = client.post("/api/feedback", headers={"X-Carecycle-User": "carol"}, json={
+    second = client.post("/api/feedback", headers=bearer(keys["carol"]), json={
         "message_id": answer_id, "rating": "down", "reason": "unsafe or harmful", "comment": "suggested a double dose"})
     assert second.json()["replaced"] is True
-    client.post("/api/feedback", json={"message_id": answer_id, "rating": "up"}, headers={"X-Carecycle-User": "dave"})
+    client.post("/api/feedback", json={"message_id": answer_id, "rating": "up"}, headers=bearer(keys["dave"]))
     current = server.store.read(
         "SELECT user_id, rating, reason, comment FROM current_feedback WHERE message_id = ? ORDER BY user_id", [answer_id])
     assert current == [
@@ -134,11 +138,11 @@ def test_feedback_is_stored_and_a_second_vote_replaces_the_first(client, server)
     assert [h["rating"] for h in history] == ["up", "down"]
 
 
-def test_concurrent_chats_do_not_corrupt_each_other(client, server):
+def test_concurrent_chats_do_not_corrupt_each_other(client, server, keys):
     questions = [f"question {i}: the patient has pain after {i} days" for i in range(6)]
 
     def ask(text):
-        return chat(client, {"role": "user", "content": text}, user=f"user{len(text)}").json()
+        return chat(client, {"role": "user", "content": text}, key=keys[f"user{len(text) % 3}"]).json()
 
     sequential = [ask(q)["choices"][0]["message"]["content"] for q in questions]
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from serve.cares import Label, over_refusal, safety_score, unsafe_compliance
+from serve.judges.agreement import classification_metrics
 from serve.judges.base import JudgeError, create_judge
 from serve.judges.finetuned import (
-    CLASSIFIER_FOLDER, Encoder, FinetunedJudge, classification_metrics, latest_classifier, load_training_rows,
+    CLASSIFIER_FOLDER, Encoder, FinetunedJudge, latest_classifier, load_training_rows,
     train_classifier, train_judge,
 )
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from serve.cares import HARM_LEVELS, Label
+from serve.judges.agreement import classification_metrics
 from serve.judges.base import Judge, JudgeError, Judgment
 
 if TYPE_CHECKING:
@@ -109,17 +110,6 @@ def load_training_rows(split: str) -> list[dict]:
     text = (resources.files("serve") / "data" / "carecycle_safety.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [row for row in rows if row["split"] == split]
-
-
-def classification_metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
-    """Accuracy and macro-F1 (averaged over the classes seen in either list, as sklearn does)."""
-    accuracy = sum(t == p for t, p in zip(truth, predicted)) / len(truth)
-    f1s = []
-    for cls in set(truth) | set(predicted):
-        tp = sum(t == p == cls for t, p in zip(truth, predicted))
-        wrong = sum((t == cls) != (p == cls) for t, p in zip(truth, predicted))  # false positives + negatives
-        f1s.append(2 * tp / (2 * tp + wrong))
-    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s)}
 
 
 # ---- heads ----------------------------------------------------------------------------------

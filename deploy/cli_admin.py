@@ -1,0 +1,98 @@
+"""`carecycle users|audit|forget`: administration straight on the record.
+
+These open the DuckDB file themselves, so the server must be stopped (DuckDB lets one process
+hold the file); while it runs, use the admin API instead (`/api/admin/...`).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import typer
+
+from deploy.settings import Settings
+from feedback.errors import CarecycleError, StoreError
+from feedback.store import Store
+
+users_app = typer.Typer(help="Accounts and roles.", no_args_is_help=True)
+CLI_ACTOR = "cli"
+
+
+def fail(message: str) -> None:
+    typer.echo(f"carecycle: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@contextmanager
+def open_record():
+    settings = Settings()
+    try:
+        with Store(settings.record_path) as store:
+            yield store
+    except StoreError as exc:
+        fail(f"{exc} (while `carecycle serve` runs, use the admin API: /api/admin/...)")
+    except CarecycleError as exc:
+        fail(str(exc))
+
+
+@users_app.command("create")
+def create_user(
+    user_id: str = typer.Argument(..., help="Account id (letters, digits, . _ - :)."),
+    role: str = typer.Option("user", help="user, operator or admin."),
+    password: bool = typer.Option(False, "--password", help="Also set a password (asked twice, never echoed)."),
+) -> None:
+    """Create an account and print its API key (shown once). The first admin is made this way."""
+    from feedback.accounts import Accounts
+
+    secret = typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
+    if secret is not None and len(secret) < 12:
+        fail("a password needs at least 12 characters")
+    with open_record() as store:
+        api_key = Accounts(store).create(CLI_ACTOR, user_id, role, secret)
+    typer.echo(f"created {role} {user_id}; API key (shown once): {api_key}")
+
+
+@users_app.command("list")
+def list_users() -> None:
+    from feedback.accounts import Accounts
+
+    with open_record() as store:
+        for row in Accounts(store).list():
+            typer.echo(f"{row['id']:24} {row['role']:9} {'disabled' if row['disabled'] else ''}")
+
+
+@users_app.command("role")
+def set_role(user_id: str, role: str) -> None:
+    """Change an account's role (audited)."""
+    from feedback.accounts import Accounts
+
+    with open_record() as store:
+        Accounts(store).set_role(CLI_ACTOR, user_id, role)
+    typer.echo(f"{user_id} is now {role}")
+
+
+def audit(
+    limit: int = typer.Option(50, help="How many rows, newest first."),
+    actor: str | None = typer.Option(None, help="Only this actor."),
+    action: str | None = typer.Option(None, help="Only this action, e.g. transcript.read."),
+) -> None:
+    """Show the audit trail: who read, judged, promoted, exported or deleted what, and when."""
+    from feedback.audit import audit_rows
+
+    with open_record() as store:
+        for row in audit_rows(store, limit=limit, actor=actor, action=action):
+            typer.echo(f"{row['created_at']:%Y-%m-%d %H:%M:%S}  {row['actor']:16} {row['action']:22} "
+                       f"{row['target'] or '-':40} {row['detail'] or ''}")
+
+
+def forget(conversation: str = typer.Option(..., "--conversation", help="The conversation id to delete.")) -> None:
+    """Delete a conversation and say which adapters were trained on it."""
+    from feedback.retention import forget_conversation
+
+    with open_record() as store:
+        report = forget_conversation(store, CLI_ACTOR, conversation)
+    typer.echo(json.dumps(vars(report)))
+    if report.adapters_trained_on_them:
+        typer.echo("adapters trained on it (retrain without it, then retire them): "
+                   + ", ".join(report.adapters_trained_on_them))

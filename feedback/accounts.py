@@ -1,0 +1,101 @@
+"""Accounts and roles. Passwords are hashed with argon2id (argon2-cffi); API keys are 256-bit
+random tokens of which only a SHA-256 digest is stored (they are not guessable, so a slow hash
+adds nothing) and which are shown once, at creation."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import duckdb
+
+from feedback.audit import audit
+from feedback.errors import ConflictError, NotFoundError
+from feedback.store import Store
+
+ROLES = ("user", "operator", "admin")
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    role: str
+
+    def has_role(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+def _key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def _hasher():
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
+class Accounts:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def create(self, actor: str, user_id: str, role: str, password: str | None = None) -> str:
+        """Create an account; returns its API key (shown once, stored only as a digest)."""
+        if role not in ROLES:
+            raise ConflictError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+        api_key = "cc_" + secrets.token_urlsafe(32)
+        password_hash = _hasher().hash(password) if password else None
+
+        def task(conn: duckdb.DuckDBPyConnection) -> None:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", [user_id]).fetchone():
+                raise ConflictError(f"user {user_id!r} already exists")
+            conn.execute(
+                "INSERT INTO users (id, role, password_hash, api_key_hash) VALUES (?, ?, ?, ?)",
+                [user_id, role, password_hash, _key_digest(api_key)],
+            )
+            audit(conn, actor, "user.create", user_id, role=role)
+
+        self.store.write(task)
+        return api_key
+
+    def set_role(self, actor: str, user_id: str, role: str) -> None:
+        if role not in ROLES:
+            raise ConflictError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+
+        def task(conn: duckdb.DuckDBPyConnection) -> None:
+            row = conn.execute("SELECT role FROM users WHERE id = ?", [user_id]).fetchone()
+            if row is None:
+                raise NotFoundError(f"unknown user {user_id!r}")
+            conn.execute("UPDATE users SET role = ? WHERE id = ?", [role, user_id])
+            audit(conn, actor, "user.role", user_id, before=row[0], after=role)
+
+        self.store.write(task)
+
+    def by_api_key(self, api_key: str) -> Account | None:
+        rows = self.store.read(
+            "SELECT id, role FROM users WHERE api_key_hash = ? AND NOT disabled", [_key_digest(api_key)]
+        )
+        return Account(**rows[0]) if rows else None
+
+    def by_password(self, user_id: str, password: str) -> Account | None:
+        from argon2.exceptions import VerificationError
+
+        rows = self.store.read(
+            "SELECT id, role, password_hash FROM users WHERE id = ? AND NOT disabled AND password_hash IS NOT NULL",
+            [user_id],
+        )
+        if not rows:
+            return None
+        try:
+            _hasher().verify(rows[0]["password_hash"], password)
+        except VerificationError:
+            return None
+        return Account(rows[0]["id"], rows[0]["role"])
+
+    def any_admin(self) -> bool:
+        return bool(self.store.read("SELECT 1 FROM users WHERE role = 'admin' AND NOT disabled LIMIT 1"))
+
+    def list(self) -> list[dict]:
+        return self.store.read("SELECT id, role, disabled, created_at FROM users ORDER BY id")

@@ -1,0 +1,74 @@
+"""`carecycle judge eval`: every judge against labelled answers, and against each other.
+
+This is the project's answer to "when is self-evaluation reliable": label accuracy and
+macro-F1, harm accuracy, a confusion matrix, Cohen's kappa between judges and against
+operator verdicts, and latency per judgment.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from serve.cares import Label
+from serve.judges.agreement import classification_metrics, cohen_kappa, confusion_matrix
+from serve.judges.base import Judge, Judgment
+
+LABELS = [label.value for label in Label]
+
+
+@dataclass
+class JudgeReport:
+    judge: str
+    version: str
+    items: int
+    unparseable: int
+    label: dict[str, float]
+    harm: dict[str, float]
+    confusion: list[list[int]]
+    latency_ms: dict[str, float]
+    labels: list[str | None] = field(repr=False)
+
+
+async def judge_all(judge: Judge, rows: list[dict]) -> list[Judgment]:
+    """One judgment per row (keys prompt, answer), in order; a failure counts as unparseable."""
+    results = []
+    for row in rows:
+        try:
+            results.append(await judge.judge([{"role": "user", "content": row["prompt"]}], row["answer"]))
+        except Exception as exc:  # a judge failure is a data point here, not a crash
+            results.append(Judgment(judge.name, judge.version, None, None, raw_output=f"error: {exc}"))
+    return results
+
+
+def report(judge: Judge, rows: list[dict], judgments: list[Judgment]) -> JudgeReport:
+    """Scores over all rows: an unparseable label counts as wrong (it is not guessed)."""
+    truth = [row["label"] for row in rows]
+    predicted = [j.label.value if j.label else "unparseable" for j in judgments]
+    harm_truth = [row["harmful_level"] for row in rows]
+    harm_predicted = [-1 if j.harm_level is None else j.harm_level for j in judgments]
+    latencies = sorted(j.latency_ms for j in judgments if j.latency_ms is not None) or [0.0]
+    return JudgeReport(
+        judge=judge.name, version=judge.version, items=len(rows),
+        unparseable=sum(j.label is None for j in judgments),
+        label=classification_metrics(truth, predicted), harm=classification_metrics(harm_truth, harm_predicted),
+        confusion=confusion_matrix(truth, predicted, LABELS),
+        latency_ms={"median": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))]},
+        labels=[j.label.value if j.label else None for j in judgments],
+    )
+
+
+def pairwise_kappa(reports: list[JudgeReport]) -> dict[str, float | None]:
+    """Cohen's kappa on the label for each pair of judges, over items both parsed."""
+    kappas = {}
+    for i, first in enumerate(reports):
+        for second in reports[i + 1:]:
+            both = [(a, b) for a, b in zip(first.labels, second.labels) if a and b]
+            kappas[f"{first.judge}~{second.judge}"] = cohen_kappa(*zip(*both)) if both else None
+    return kappas
+
+
+def kappa_against(reference: list[str], report_: JudgeReport) -> float | None:
+    """Cohen's kappa between a judge and reference labels (e.g. operator verdicts)."""
+    both = [(a, b) for a, b in zip(reference, report_.labels) if b]
+    return cohen_kappa(*zip(*both)) if both else None

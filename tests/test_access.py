@@ -1,0 +1,217 @@
+"""Roles, the review queue, verdicts, the audit trail, retention and forget, abuse limits."""
+
+import httpx
+import pytest
+
+from tests.test_chat_api import QUESTION, bearer, chat
+
+# every route and who may use it: anonymous (no credentials), user, operator, admin
+ANY, USER, OPERATOR, ADMIN = "anonymous", "user", "operator", "admin"
+ROUTES = {
+    ("POST", "/v1/chat/completions"): ANY,
+    ("GET", "/v1/models"): ANY,
+    ("POST", "/api/feedback"): ANY,
+    ("GET", "/api/conversations"): USER,
+    ("GET", "/api/conversations/{conversation_id}"): USER,
+    ("GET", "/healthz"): ANY,
+    ("GET", "/api/review/queue"): OPERATOR,
+    ("GET", "/api/review/items/{message_id}"): OPERATOR,
+    ("POST", "/api/review/items/{message_id}/verdict"): OPERATOR,
+    ("GET", "/api/admin/users"): ADMIN,
+    ("POST", "/api/admin/users"): ADMIN,
+    ("PUT", "/api/admin/users/{user_id}/role"): ADMIN,
+    ("GET", "/api/admin/audit"): ADMIN,
+    ("DELETE", "/api/admin/conversations/{conversation_id}"): ADMIN,
+}
+RANK = {ANY: 0, USER: 1, OPERATOR: 2, ADMIN: 3}
+
+
+def api_routes(app):
+    return {(method.upper(), path) for path, operations in app.openapi()["paths"].items() for method in operations}
+
+
+def test_every_route_is_in_the_role_matrix(server):
+    assert api_routes(server.app) == set(ROUTES), "a route was added or removed: put it in ROUTES with its role"
+
+
+@pytest.mark.parametrize("caller", [ANY, USER, OPERATOR, ADMIN])
+def test_role_matrix(client, server, keys, caller):
+    headers = {ANY: {}, USER: bearer(keys["alice"]), OPERATOR: bearer(keys["olga"]), ADMIN: bearer(keys["ada"])}[caller]
+    for (method, path), needed in ROUTES.items():
+        url = path.format(conversation_id="conv-x", message_id="msg-x", user_id="nobody")
+        response = client.request(method, url, headers=headers, json={})
+        allowed = RANK[caller] >= RANK[needed]
+        if allowed:
+            assert response.status_code not in (401, 403), (method, path, caller, response.text)
+        else:
+            expected = 401 if caller == ANY else 403
+            assert response.status_code == expected, (method, path, caller, response.status_code)
+            assert response.json()["error"]["code"] == expected
+
+
+def test_a_bad_key_is_401_not_anonymous(client):
+    response = chat(client, key="cc_not-a-real-key")
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_chat_requires_sign_in_when_anonymous_chat_is_off(settings, tiny_engine):
+    from tests.conftest import start_server
+
+    with start_server(settings.model_copy(update={"anonymous_chat": False}), tiny_engine) as live:
+        response = httpx.post(live.url + "/v1/chat/completions", json={"messages": [QUESTION]})
+        assert response.status_code == 401 and live.store.read("SELECT * FROM messages") == []
+
+
+def test_users_read_only_their_own_conversations(client, keys):
+    mine = chat(client, key=keys["alice"]).json()["conversation_id"]
+    chat(client, key=keys["bob"])
+    listed = client.get("/api/conversations", headers=bearer(keys["alice"])).json()["data"]
+    assert [c["id"] for c in listed] == [mine] and listed[0]["messages"] == 2
+    assert client.get(f"/api/conversations/{mine}", headers=bearer(keys["alice"])).status_code == 200
+    assert client.get(f"/api/conversations/{mine}", headers=bearer(keys["bob"])).status_code == 404
+
+
+def seed_review_record(server, client, keys):
+    """Four answers with different risks; returns their ids by name."""
+    ids = {name: chat(client, {"role": "user", "content": f"question {name}"}, key=keys["alice"]).json()["id"]
+           for name in ("calm", "refused", "downvoted", "unsafe_h2", "unsafe_h3")}
+    judgments = {"refused": ("Refuse", 0, False, True), "unsafe_h2": ("Accept", 2, True, False),
+                 "unsafe_h3": ("Accept", 3, True, False), "calm": ("Caution", 1, False, False),
+                 "downvoted": ("Accept", 0, False, False)}
+    for name, (label, harm, unsafe, refusal) in judgments.items():
+        server.store.write(lambda c, n=name, l=label, h=harm, u=unsafe, r=refusal: c.execute(
+            "INSERT INTO judgments (id, message_id, judge, judge_version, label, harm_level, unsafe_compliance,"
+            " over_refusal) VALUES (?, ?, 'finetuned', 'v1', ?, ?, ?, ?)", [f"j-{n}", ids[n], l, h, u, r]))
+    client.post("/api/feedback", json={"message_id": ids["downvoted"], "rating": "down"}, headers=bearer(keys["bob"]))
+    return ids
+
+
+def test_queue_is_riskiest_first(client, server, keys):
+    ids = seed_review_record(server, client, keys)
+    queue = client.get("/api/review/queue", headers=bearer(keys["olga"])).json()["data"]
+    flagged = [item["message_id"] for item in queue if item["reason"] != "calibration"]
+    assert flagged == [ids["unsafe_h3"], ids["unsafe_h2"], ids["refused"], ids["downvoted"]]
+    assert [item["reason"] for item in queue[:4]] == ["unsafe_compliance", "unsafe_compliance", "over_refusal", "thumbs_down"]
+
+
+def test_calibration_sample_takes_unflagged_answers(client, server, keys):
+    seed_review_record(server, client, keys)
+    everything = server.services.store.read("SELECT count(*) AS n FROM messages WHERE role = 'assistant'")[0]["n"]
+    from feedback.review_record import ReviewRecord
+
+    assert len(ReviewRecord(server.store).queue(calibration_percent=100)) == everything
+    assert {i["reason"] for i in ReviewRecord(server.store).queue(calibration_percent=0)} == {
+        "unsafe_compliance", "over_refusal", "thumbs_down"}
+
+
+def test_verdict_flow_with_audit_and_no_silent_overwrite(client, server, keys):
+    ids = seed_review_record(server, client, keys)
+    olga, ada = bearer(keys["olga"]), bearer(keys["ada"])
+    item = client.get(f"/api/review/items/{ids['unsafe_h3']}", headers=olga).json()
+    assert [m["role"] for m in item["transcript"]] == ["user", "assistant"]
+    assert item["judgments"][0]["label"] == "Accept" and item["reviews"] == []
+    verdict = {"label": "Accept", "harm_level": 3, "judge_correct": True,
+               "corrected_answer": "I can't help with that. If you are in danger, call emergency services."}
+    first = client.post(f"/api/review/items/{ids['unsafe_h3']}/verdict", headers=olga, json=verdict)
+    assert first.status_code == 200 and first.json()["next_message_id"] == ids["unsafe_h2"]
+    # a second operator who opened the item before that verdict is told, not silently overwriting it
+    stale = client.post(f"/api/review/items/{ids['unsafe_h3']}/verdict", headers=ada,
+                        json={**verdict, "label": "Caution"})
+    assert stale.status_code == 409 and "olga reviewed this answer" in stale.json()["error"]["message"]
+    informed = client.post(f"/api/review/items/{ids['unsafe_h3']}/verdict", headers=ada,
+                           json={**verdict, "label": "Caution", "seen_review_id": first.json()["review_id"]})
+    assert informed.status_code == 200
+    reviews = server.store.read("SELECT operator_id, label, verdict FROM reviews ORDER BY created_at")
+    assert reviews == [{"operator_id": "olga", "label": "Accept", "verdict": "undesirable"},
+                       {"operator_id": "ada", "label": "Caution", "verdict": "undesirable"}]
+    assert server.store.read("SELECT operator_id FROM latest_reviews") == [{"operator_id": "ada"}]
+    audit = client.get("/api/admin/audit", headers=ada).json()["data"]
+    actions = [(row["actor"], row["action"]) for row in reversed(audit)]
+    assert ("olga", "transcript.read") in actions
+    assert actions.count(("olga", "review.verdict")) == 1 and actions.count(("ada", "review.verdict")) == 1
+    assert client.get("/api/review/queue", headers=olga).json()["data"][0]["message_id"] == ids["unsafe_h2"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"label": "Maybe", "harm_level": 1}, ["label"]),
+    ({"label": "Accept", "harm_level": 4}, ["harm_level"]),
+    ({"label": "Accept", "harm_level": 1, "surprise": True}, ["surprise"]),
+])
+def test_bad_verdicts_are_422(client, server, keys, body, words):
+    answer = chat(client, key=keys["alice"]).json()["id"]
+    response = client.post(f"/api/review/items/{answer}/verdict", headers=bearer(keys["olga"]), json=body)
+    assert response.status_code == 422 and all(w in response.json()["error"]["message"] for w in words)
+    assert client.post("/api/review/items/msg-nope/verdict", headers=bearer(keys["olga"]),
+                       json={"label": "Accept", "harm_level": 0}).status_code == 404
+
+
+def test_admin_manages_users_and_roles_with_audit(client, keys):
+    ada = bearer(keys["ada"])
+    created = client.post("/api/admin/users", headers=ada, json={"id": "nurse-jo", "role": "operator"})
+    assert created.status_code == 201 and created.json()["api_key"].startswith("cc_")
+    new_key = created.json()["api_key"]
+    assert client.get("/api/review/queue", headers=bearer(new_key)).status_code == 200
+    assert client.put("/api/admin/users/nurse-jo/role", headers=ada, json={"role": "user"}).status_code == 200
+    assert client.get("/api/review/queue", headers=bearer(new_key)).status_code == 403
+    assert client.post("/api/admin/users", headers=ada, json={"id": "nurse-jo", "role": "user"}).status_code == 409
+    assert client.post("/api/admin/users", headers=ada, json={"id": "x", "role": "user", "password": "short"}).status_code == 422
+    actions = {(r["action"], r["target"]) for r in client.get("/api/admin/audit", headers=ada).json()["data"]}
+    assert {("user.create", "nurse-jo"), ("user.role", "nurse-jo")} <= actions
+
+
+def test_forget_a_conversation_reports_adapters_trained_on_it(client, server, keys):
+    answer = chat(client, key=keys["alice"]).json()
+    client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"}, headers=bearer(keys["alice"]))
+    server.store.write(lambda c: c.execute("INSERT INTO adapter_provenance VALUES ('adapter-7', ?)", [answer["id"]]))
+    keep = chat(client, key=keys["bob"]).json()["conversation_id"]
+    response = client.delete(f"/api/admin/conversations/{answer['conversation_id']}", headers=bearer(keys["ada"]))
+    assert response.json() == {"conversations": 1, "messages": 2, "adapters_trained_on_them": ["adapter-7"]}
+    assert server.store.read("SELECT DISTINCT conversation_id FROM messages") == [{"conversation_id": keep}]
+    assert server.store.read("SELECT count(*) AS n FROM feedback") == [{"n": 0}]
+    assert client.delete(f"/api/admin/conversations/{answer['conversation_id']}", headers=bearer(keys["ada"])).status_code == 404
+    forget = server.store.read("SELECT actor, detail FROM audit_log WHERE action = 'conversation.forget'")
+    assert forget[0]["actor"] == "ada" and "adapter-7" in forget[0]["detail"]
+
+
+def test_retention_purges_old_conversations_only(client, server, keys):
+    from feedback.retention import purge_expired
+
+    old = chat(client, key=keys["alice"]).json()["conversation_id"]
+    new = chat(client, key=keys["alice"]).json()["conversation_id"]
+    server.store.write(lambda c: c.execute(
+        "UPDATE messages SET created_at = created_at - INTERVAL 40 DAY WHERE conversation_id = ?", [old]))
+    server.store.write(lambda c: c.execute(
+        "UPDATE conversations SET created_at = created_at - INTERVAL 40 DAY WHERE id = ?", [old]))
+    report = purge_expired(server.store, "system:retention", 30)
+    assert (report.conversations, report.messages) == (1, 2)
+    assert server.store.read("SELECT id FROM conversations") == [{"id": new}]
+
+
+def test_feedback_flood_is_limited_without_affecting_others(settings, tiny_engine):
+    from feedback.accounts import Accounts
+    from tests.conftest import start_server
+
+    with start_server(settings.model_copy(update={"rate_limit_feedback": 5}), tiny_engine) as live:
+        accounts = Accounts(live.store)
+        flooder, other = accounts.create("t", "flooder", "user"), accounts.create("t", "other", "user")
+        with httpx.Client(base_url=live.url, timeout=60) as http:
+            answer = chat(http, key=flooder).json()["id"]
+            codes = [http.post("/api/feedback", headers=bearer(flooder),
+                               json={"message_id": answer, "rating": "up"}).status_code for _ in range(12)]
+            assert codes[:5] == [200] * 5 and set(codes[5:]) == {429}
+            limited = http.post("/api/feedback", headers=bearer(flooder), json={"message_id": answer, "rating": "up"})
+            assert int(limited.headers["retry-after"]) >= 1 and "at most 5 a minute" in limited.json()["error"]["message"]
+            assert http.post("/api/feedback", headers=bearer(other), json={"message_id": answer, "rating": "down"}).status_code == 200
+        assert live.store.read("SELECT count(*) AS n FROM feedback WHERE user_id = 'flooder'") == [{"n": 5}]
+
+
+def test_oversized_bodies_are_413(client):
+    response = client.post("/v1/chat/completions", content=b"{" + b" " * 300_000 + b"}",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "CARECYCLE_MAX_REQUEST_BYTES" in response.json()["error"]["message"]
+
+
+def test_no_route_takes_a_file_path_or_adapter_from_users(server):
+    schemas = server.app.openapi()["components"]["schemas"]
+    fields = {name for schema in schemas.values() for name in schema.get("properties", {})}
+    assert not fields & {"path", "adapter", "adapter_path", "lora_path", "file", "filename"}
