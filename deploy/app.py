@@ -29,6 +29,7 @@ from serve.errors import carecycle_error_handler, validation_error_handler
 from serve.rate_limit import RateLimiter
 
 UI_PATH = "/ui"
+REVIEW_PATH = "/review"
 log = logging.getLogger("carecycle")
 
 
@@ -158,6 +159,7 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
     import gradio as gr
 
     from ui.chat_page import build_chat_page
+    from ui.review_page import SHORTCUTS_JS, build_review_page, operator_sign_in
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
@@ -165,3 +167,6 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
 
     page = build_chat_page(services.chat_service, services.chat_record)
     gr.mount_gradio_app(app, page, path=UI_PATH)
+    review = build_review_page(app.state.review_record, app.state.accounts)
+    gr.mount_gradio_app(app, review, path=REVIEW_PATH, auth=operator_sign_in(app.state.accounts), js=SHORTCUTS_JS,
+                        auth_message="carecycle review — operators sign in with their password")

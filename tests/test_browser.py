@@ -100,3 +100,51 @@ def test_regenerate_stores_a_sibling(browser, ui_server):
                        and len(rows) == 2 and rows, what="the regenerated answer")
     assert answers[0] == answers[1]  # same question, same conversation: siblings
     assert store.read("SELECT count(*) AS n FROM messages WHERE role = 'user'") == [{"n": 1}]
+
+
+def test_operator_reviews_in_the_browser(browser, ui_server):
+    """Sign in, the riskiest answer is open, one click saves the verdict, the next one appears."""
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    from feedback.accounts import Accounts
+
+    store = ui_server.store
+    Accounts(store).create("test", "olga", "operator", "correct horse battery")
+    Accounts(store).create("test", "pat", "user", "a user password!")
+    answers = []
+    for question in ("first question", "second question"):
+        answers.append(httpx.post(ui_server.url + "/v1/chat/completions", timeout=60,
+                                  json={"messages": [{"role": "user", "content": question}]}).json()["id"])
+    for answer in answers:
+        httpx.post(ui_server.url + "/api/feedback", json={"message_id": answer, "rating": "down"}, timeout=60)
+    oldest_first = answers  # both thumbs-down: the older one comes first
+
+    def sign_in(user, password):
+        browser.get(ui_server.url + "/review/")
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the sign-in form")
+        browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(user)
+        browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
+        wait_for(lambda: browser.find_elements(By.XPATH, "//button[contains(., 'Login')]"), what="the login button")[0].click()
+
+    sign_in("pat", "a user password!")  # a chat user is not let in
+    time.sleep(2)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#verdict-refuse")
+
+    sign_in("olga", "correct horse battery")
+    header = lambda: browser.find_element(By.CSS_SELECTOR, "#review-header").text  # noqa: E731
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#review-header") and oldest_first[0] in header(),
+             what="the first item")
+    assert "first question" in browser.find_element(By.CSS_SELECTOR, "#transcript").text
+    browser.find_element(By.CSS_SELECTOR, "#corrected textarea").send_keys("Please ask your pharmacist.")
+    browser.find_element(By.CSS_SELECTOR, "#verdict-refuse").click()
+    wait_for(lambda: oldest_first[1] in header(), what="the next item")
+    review = store.read("SELECT operator_id, label, corrected_answer FROM reviews WHERE message_id = ?", [oldest_first[0]])
+    assert review == [{"operator_id": "olga", "label": "Refuse", "corrected_answer": "Please ask your pharmacist."}]
+    # keyboard shortcut: C saves Caution for the second one
+    browser.find_element(By.TAG_NAME, "body").send_keys("c")
+    wait_for(lambda: store.read("SELECT label FROM reviews WHERE message_id = ?", [oldest_first[1]]),
+             what="the keyboard verdict")
+    assert store.read("SELECT label FROM reviews WHERE message_id = ?", [oldest_first[1]]) == [{"label": "Caution"}]
+    reads = store.read("SELECT target FROM audit_log WHERE actor = 'olga' AND action = 'transcript.read'")
+    assert len(reads) >= 2
