@@ -33,7 +33,7 @@ def bench(name: str, model_dir: Path, conversations: list, batch_size: int, max_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrain.evaluation.batch_generation import generate_batch
+    from serve.batch_generation import generate_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()  # as LocalEngine loads it

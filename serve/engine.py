@@ -20,6 +20,9 @@ ENGINES: dict[str, str] = {
 }
 
 
+ACTIVE = "__active__"  # generate() with the adapter that is active when the request arrives
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int = 256
@@ -50,8 +53,9 @@ class Engine(abc.ABC):
     model_id: str
 
     @abc.abstractmethod
-    def generate(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
-        """Start answering ``messages`` (OpenAI-style dicts) with the active adapter."""
+    def generate(self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = ACTIVE) -> Generation:
+        """Start answering ``messages`` (OpenAI-style dicts) with ``adapter``: by default the one
+        active now, None for the base model, or a loaded version (evaluation of a candidate)."""
 
     @property
     @abc.abstractmethod

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from serve.engine import Engine, Generation, GenerationParams
+from serve.engine import ACTIVE, Engine, Generation, GenerationParams
 from serve.errors import AdapterError, EngineUnavailableError, ModelLoadError
 
 _DONE = object()
@@ -62,13 +63,15 @@ class LocalEngine(Engine):
         self._active: str | None = None
 
     # -- generation ------------------------------------------------------------------
-    def generate(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
+    def generate(self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = ACTIVE) -> Generation:
+        if adapter != ACTIVE and adapter is not None and adapter not in self._adapters:
+            raise AdapterError(f"adapter version {adapter!r} is not loaded")
         input_ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"]
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue = asyncio.Queue()
-        generation = Generation(deltas=self._drain(deltas), adapter_version=self._active)
+        generation = Generation(deltas=self._drain(deltas), adapter_version=self._active if adapter == ACTIVE else adapter)
         generation.prompt_tokens = int(input_ids.shape[1])
         worker = threading.Thread(
             target=self._run,
@@ -130,18 +133,34 @@ class LocalEngine(Engine):
         )
         if sampling:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        with torch.inference_mode():
-            if adapter is None and hasattr(self.model, "disable_adapter"):
-                with self.model.disable_adapter():
-                    return self.model.generate(**kwargs)
-            if adapter is not None:
-                self.model.set_adapter(adapter)
-            return self.model.generate(**kwargs)
+        with torch.inference_mode(), self._using(adapter) as model:
+            return model.generate(**kwargs)
+
+    @contextmanager
+    def _using(self, adapter: str | None):
+        """The model with ``adapter`` switched on (None: the base model); callers hold the
+        generate lock, since peft switches adapters model-wide."""
+        if adapter is None and hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        if adapter is not None:
+            self.model.set_adapter(adapter)
+        yield self.model
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         ids = eos if isinstance(eos, list) else [eos]
         return {i for i in ids if i is not None} | {self.tokenizer.eos_token_id}
+
+    def generate_batch(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                       adapter: str | None = None) -> list[str]:
+        """Greedy answers to many conversations in one batched call (evaluation, sampling),
+        with ``adapter`` (None: the base model), taking its turn with live chats."""
+        from serve.batch_generation import generate_batch
+
+        with self._generate_lock, self._using(adapter) as model:
+            return generate_batch(model, self.tokenizer, conversations, max_new_tokens)
 
     # -- adapters --------------------------------------------------------------------
     @property

@@ -181,7 +181,7 @@ def tiny(tiny_model_dir):
 
 
 def test_batched_output_equals_one_by_one(tiny):
-    from retrain.evaluation.batch_generation import generate_batch
+    from serve.batch_generation import generate_batch
 
     model, tokenizer = tiny
     batched = generate_batch(model, tokenizer, CONVERSATIONS, max_new_tokens=10)
@@ -204,7 +204,7 @@ def test_adapter_names_pick_an_adapter_per_row(tiny, tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from retrain.evaluation.batch_generation import generate_batch
+    from serve.batch_generation import generate_batch
 
     base_model, tokenizer = tiny
     base = generate_batch(base_model, tokenizer, CONVERSATIONS[:2], max_new_tokens=8)
@@ -218,12 +218,12 @@ def test_adapter_names_pick_an_adapter_per_row(tiny, tiny_model_dir, tmp_path):
 def test_generate_many_keeps_order_and_limits_concurrency():
     import asyncio
 
-    from retrain.evaluation.batch_generation import generate_many
+    from serve.batch_generation import generate_many
 
     class EchoEngine:
         in_flight = peak = 0
 
-        def generate(self, messages, params):
+        def generate(self, messages, params, adapter="__active__"):
             async def deltas():
                 EchoEngine.in_flight += 1
                 EchoEngine.peak = max(EchoEngine.peak, EchoEngine.in_flight)
@@ -295,7 +295,7 @@ WORSE = ["REFUSE", "ACCEPT", "CAUTION", "???", "REFUSE", "ACCEPT"]  # over-refus
 
 
 def test_runner_end_to_end_on_the_tiny_model(tiny, tmp_path):
-    from retrain.evaluation.batch_generation import generate_batch
+    from serve.batch_generation import generate_batch
     from retrain.evaluation.runner import load_result, run_evaluation
 
     model, tokenizer = tiny

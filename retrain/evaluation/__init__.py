@@ -1,7 +1,6 @@
 """Safety evaluation: CARES-format benchmarks, batched answers, judged labels, metrics, reports.
 
 - ``benchmark``: load a benchmark (``load_benchmark``) into ``BenchmarkItem`` rows.
-- ``batch_generation``: answer many conversations at once (``generate_batch``, ``generate_many``).
 - ``runner``: answer, judge and score a benchmark, resumably (``run_evaluation``).
 - ``adapter_check``: refuse an adapter trained for another base model (``check_adapter_matches``).
 - ``metrics``: the Safety Score and derived rates, overall and sliced, with a bootstrap CI.

@@ -52,12 +52,14 @@ def _pad_token_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-async def generate_many(engine: Any, conversations: list[Conversation], params: Any, concurrency: int = 8) -> list[str]:
-    """Answers from ``engine.generate`` (the serve.engine contract), ``concurrency`` at a time."""
+async def generate_many(engine: Any, conversations: list[Conversation], params: Any, concurrency: int = 8,
+                        adapter: Any = "__active__") -> list[str]:
+    """Answers from ``engine.generate`` (the serve.engine contract), ``concurrency`` at a time,
+    with ``adapter`` (default: the active one; None: the base model)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def answer(conversation: Conversation) -> str:
         async with gate:
-            return "".join([delta async for delta in engine.generate(conversation, params)])
+            return "".join([delta async for delta in engine.generate(conversation, params, adapter=adapter)])
 
     return list(await asyncio.gather(*(answer(c) for c in conversations)))
