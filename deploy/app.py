@@ -11,6 +11,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 
+from deploy import cycle_routes
+from deploy.cycle import Cycle, CycleConfig
+from deploy.promotion import restore_active, rollback
+from deploy.scheduler import start_scheduler
 from deploy.settings import Settings
 from feedback.accounts import Accounts
 from feedback.chat_record import ChatRecord
@@ -19,6 +23,7 @@ from feedback.judgment_record import JudgmentRecord
 from feedback.retention import purge_expired
 from feedback.review_record import ReviewRecord
 from feedback.store import Store
+from retrain.gate import GatePolicy
 from serve import admin_routes, chat_routes, review_routes
 from serve.body_limit import BodySizeLimit
 from serve.chat_service import ChatPolicy, ChatService, PreparedChat
@@ -30,6 +35,7 @@ from serve.rate_limit import RateLimiter
 
 UI_PATH = "/ui"
 REVIEW_PATH = "/review"
+CYCLES_PATH = "/cycles"
 log = logging.getLogger("carecycle")
 
 
@@ -40,6 +46,7 @@ class Services:
     chat_record: ChatRecord
     chat_service: ChatService
     judging: JudgingWorker
+    cycle: Cycle
 
     def close(self) -> None:
         self.engine.close()
@@ -93,7 +100,22 @@ def live_judging(settings: Settings, engine: Engine, store: Store, chat_service:
     return worker
 
 
+def cycle_config(settings: Settings) -> CycleConfig:
+    return CycleConfig(
+        methods=tuple(settings.cycle_method_list), min_signal=settings.cycle_min_signal,
+        gate=GatePolicy(settings.cycle_min_improvement, settings.cycle_safety_tolerance,
+                        settings.cycle_refusal_tolerance),
+        require_approval=settings.cycle_require_approval, benchmark=settings.cycle_benchmark,
+        eval_split=settings.cycle_eval_split, eval_limit=settings.cycle_eval_limit,
+        eval_max_tokens=settings.cycle_eval_max_tokens, sample_cap=settings.cycle_sample_cap,
+        system_prompt=settings.system_prompt, train=settings.cycle_train,
+    )
+
+
 def build_engine(settings: Settings) -> Engine:
+    if settings.engine == "vllm":
+        return create_engine("vllm", base_url=settings.vllm_url, model_id=settings.model_id,
+                             api_key=settings.vllm_api_key, timeout_s=settings.vllm_timeout_s)
     return create_engine(
         settings.engine, model_path=settings.model_source, model_id=settings.model_id, torch_threads=settings.torch_threads
     )
@@ -107,10 +129,12 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
         record = ChatRecord(store)
         chat_service = ChatService(engine, record, chat_policy(settings))
         judging = live_judging(settings, engine, store, chat_service)
+        cycle = Cycle(store, engine, lambda: build_judge(settings.cycle_judge, settings, engine),
+                      settings.model_source, settings.data_dir, cycle_config(settings))
     except BaseException:
         store.close()
         raise
-    return Services(store, engine, record, chat_service, judging)
+    return Services(store, engine, record, chat_service, judging, cycle)
 
 
 def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -118,9 +142,16 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        interrupted = services.cycle.registry.interrupt_running()  # a cycle the last server did not finish
+        if interrupted:
+            log.warning("marked interrupted: %s", ", ".join(interrupted))
+        restore_active(services.engine, services.cycle.registry)
         await services.judging.start()
         retention = asyncio.create_task(_enforce_retention(settings, services.store))
+        app.state.scheduler = start_scheduler(services.cycle, settings) if settings.cycle_enabled else None
         yield
+        if app.state.scheduler:
+            app.state.scheduler.shutdown(wait=False)
         retention.cancel()
         await services.judging.stop()
         services.close()
@@ -132,13 +163,14 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.chat_record = services.chat_record
     app.state.chat_service = services.chat_service
     app.state.judging = services.judging
+    app.state.cycle = services.cycle
     app.state.accounts = Accounts(services.store)
     app.state.review_record = ReviewRecord(services.store)
     app.state.rate_limiter = RateLimiter({"chat": settings.rate_limit_chat, "feedback": settings.rate_limit_feedback})
     app.add_exception_handler(CarecycleError, carecycle_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    for module in (chat_routes, review_routes, admin_routes):
+    for module in (chat_routes, review_routes, admin_routes, cycle_routes):
         app.include_router(module.router)
     if settings.ui:
         _mount_ui(app, services)
@@ -159,6 +191,7 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
     import gradio as gr
 
     from ui.chat_page import build_chat_page
+    from ui.cycles_page import build_cycles_page
     from ui.review_page import SHORTCUTS_JS, build_review_page, operator_sign_in
 
     @app.get("/", include_in_schema=False)
@@ -170,3 +203,11 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
     review = build_review_page(app.state.review_record, app.state.accounts)
     gr.mount_gradio_app(app, review, path=REVIEW_PATH, auth=operator_sign_in(app.state.accounts), js=SHORTCUTS_JS,
                         auth_message="carecycle review — operators sign in with their password")
+    cycle = services.cycle
+    dashboard = build_cycles_page(
+        cycle.registry, app.state.accounts, lambda: services.engine.active_adapter,
+        trigger=lambda actor: f"cycle {cycle.trigger(f'ui:{actor}', actor)} started",
+        rollback=lambda actor: rollback(services.engine, cycle.registry, actor),
+    )
+    gr.mount_gradio_app(app, dashboard, path=CYCLES_PATH, auth=operator_sign_in(app.state.accounts),
+                        auth_message="carecycle cycles — operators and admins sign in")

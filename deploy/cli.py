@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from deploy import cli_admin, cli_judges
+from deploy import cli_admin, cli_judges, cli_learning
 from deploy.cli_admin import fail as _fail
 from deploy.settings import Settings
 from feedback.errors import CarecycleError
@@ -17,8 +17,14 @@ model_app = typer.Typer(help="Prepare and inspect the served model.", no_args_is
 app.add_typer(model_app, name="model")
 app.add_typer(cli_admin.users_app, name="users")
 app.add_typer(cli_judges.judge_app, name="judge")
+vllm_app = typer.Typer(help="Run the vLLM server that CARECYCLE_ENGINE=vllm talks to.", no_args_is_help=True)
+app.add_typer(vllm_app, name="vllm")
 app.command()(cli_admin.audit)
 app.command()(cli_admin.forget)
+app.command()(cli_learning.retrain)
+app.command()(cli_learning.export)
+app.command("eval")(cli_learning.evaluate)
+app.add_typer(cli_learning.adapters_app, name="adapters")
 
 
 @model_app.command("prepare")
@@ -57,6 +63,30 @@ def serve(
     typer.echo(f"carecycle serving {settings.model_id} on http://{settings.host}:{settings.port}/ (record: {settings.record_path})")
     # Gradio keeps SSE streams open: without a graceful-shutdown timeout SIGTERM waits on them
     uvicorn.run(build_app(settings, services), host=settings.host, port=settings.port, timeout_graceful_shutdown=3)
+
+
+@vllm_app.command("start")
+def vllm_start() -> None:
+    """Start vLLM for CARECYCLE_MODEL on CARECYCLE_VLLM_URL's port (loopback, API key, run-time LoRA); Ctrl-C stops it."""
+    import shlex
+    from urllib.parse import urlparse
+
+    from deploy.vllm.launch import DEFAULT_PYTHON, run_vllm
+
+    settings = Settings()
+    if not settings.vllm_api_key:
+        _fail("set CARECYCLE_VLLM_API_KEY (e.g. `openssl rand -hex 32`): vLLM and carecycle share it")
+    try:
+        code = run_vllm(
+            model=settings.model_source, port=urlparse(settings.vllm_url).port or 8001, api_key=settings.vllm_api_key,
+            max_lora_rank=settings.vllm_max_lora_rank, max_loras=settings.vllm_max_loras,
+            cpu=settings.vllm_device == "cpu", served_model_name=settings.model_id,
+            python=settings.vllm_python or DEFAULT_PYTHON, extra_args=shlex.split(settings.vllm_extra_args),
+            timeout_s=settings.vllm_start_timeout_s,
+        )
+    except CarecycleError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code=code)
 
 
 def main() -> None:

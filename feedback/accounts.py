@@ -79,6 +79,10 @@ class Accounts:
         )
         return Account(**rows[0]) if rows else None
 
+    def by_id(self, user_id: str) -> Account | None:
+        rows = self.store.read("SELECT id, role FROM users WHERE id = ? AND NOT disabled", [user_id])
+        return Account(**rows[0]) if rows else None
+
     def by_password(self, user_id: str, password: str) -> Account | None:
         from argon2.exceptions import VerificationError
 

@@ -17,6 +17,7 @@ from feedback.errors import CarecycleError
 
 ENGINES: dict[str, str] = {
     "local": "serve.local_engine:LocalEngine",
+    "vllm": "serve.vllm_engine:VLLMEngine",
 }
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from feedback.errors import CarecycleError
-from serve.engine import Engine, Generation, GenerationParams
+from serve.engine import ACTIVE, Engine, Generation, GenerationParams
 from serve.errors import AdapterError, EngineUnavailableError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,16 @@ class VLLMEngine(Engine):
                 f"vLLM at {self.base_url} did not answer within {self._timeout.read:g} s: it may be overloaded; "
                 "raise CARECYCLE_VLLM_TIMEOUT_S or check the vLLM log"
             )
-        return EngineUnavailableError(f"the connection to vLLM at {self.base_url} failed ({type(exc).__name__}: {exc}): {START_HINT}")
+        return EngineUnavailableError(
+            f"the connection to vLLM at {self.base_url} failed ({type(exc).__name__}: {exc}): {START_HINT}"
+        )
 
     def _vllm_error(self, status: int, body: str) -> CarecycleError:
         message = _message(body)
         if status == 401:
             return EngineUnavailableError(
-                f"vLLM at {self.base_url} refused carecycle's API key: set CARECYCLE_VLLM_API_KEY to the --api-key vLLM was started with"
+                f"vLLM at {self.base_url} refused carecycle's API key: "
+                "set CARECYCLE_VLLM_API_KEY to the --api-key vLLM was started with"
             )
         if status >= 500 and _OUT_OF_MEMORY.search(message):
             return EngineUnavailableError(
@@ -106,7 +109,7 @@ class VLLMEngine(Engine):
                 f"adapter {version!r} has LoRA rank {rank[1]}, above vLLM's --max-lora-rank {rank[2]}: restart vLLM "
                 f"with --max-lora-rank {rank[1]} or more (CARECYCLE_VLLM_MAX_LORA_RANK), or train with r <= {rank[2]}"
             )
-        if response.status_code == 401 or response.status_code >= 500:
+        if response.status_code >= 500:
             return self._vllm_error(response.status_code, response.text)
         return AdapterError(f"vLLM cannot load adapter {version!r} from {path}: {_message(response.text)}")
 
@@ -120,16 +123,20 @@ class VLLMEngine(Engine):
             raise self._vllm_error(401, response.text)
         return response
 
-    def served_models(self) -> list[str]:
-        """The names vLLM answers to now: the base model and the adapters it holds."""
+    def _models(self) -> list[dict[str, Any]]:
         response = self._request("GET", "/v1/models")
         if response.status_code != 200:
             raise self._vllm_error(response.status_code, response.text)
-        return [model["id"] for model in response.json()["data"]]
+        return response.json()["data"]
 
-    def _not_served(self, served: list[str]) -> ModelLoadError:
+    def served_models(self) -> list[str]:
+        """The names vLLM answers to now: the base model and the adapters it holds."""
+        return [model["id"] for model in self._models()]
+
+    def _not_served(self, models: list[dict[str, Any]]) -> ModelLoadError:
+        bases = [model["id"] for model in models if model.get("parent") is None]
         return ModelLoadError(
-            f"vLLM at {self.base_url} does not serve {self.model_id!r}; it serves {', '.join(served) or 'nothing'}: "
+            f"vLLM at {self.base_url} does not serve {self.model_id!r}; it serves {', '.join(bases) or 'nothing'}: "
             f"start vLLM with --served-model-name {self.model_id} (as `carecycle vllm start` does) "
             "or point CARECYCLE_MODEL at the model it serves"
         )
@@ -214,10 +221,13 @@ class VLLMEngine(Engine):
     def health(self) -> dict[str, Any]:
         response = self._request("GET", "/health")
         if response.status_code != 200:
-            raise EngineUnavailableError(f"vLLM at {self.base_url} is not healthy ({response.status_code}): check the vLLM log")
-        served = self.served_models()
+            raise EngineUnavailableError(
+                f"vLLM at {self.base_url} is not healthy ({response.status_code}): check the vLLM log"
+            )
+        models = self._models()
+        served = [model["id"] for model in models]
         if self.model_id not in served:
-            raise self._not_served(served)
+            raise self._not_served(models)
         active = self._active
         if active is not None and (adapter := self._adapters.get(active)) and adapter.served_name not in served:
             self._restore(active, adapter.served_name)
@@ -227,11 +237,14 @@ class VLLMEngine(Engine):
         }
 
     # -- generation ------------------------------------------------------------------
-    def generate(self, messages: list[dict[str, str]], params: GenerationParams) -> Generation:
-        version = self._active
+    def generate(self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = ACTIVE) -> Generation:
+        version = self._active if adapter == ACTIVE else adapter
+        if version is not None and version not in self._adapters:
+            raise AdapterError(f"adapter version {version!r} is not loaded")
         adapter = self._adapters.get(version) if version is not None else None
         generation = Generation(deltas=None, adapter_version=version)  # type: ignore[arg-type]
-        generation.deltas = self._stream(messages, params, generation, adapter.served_name if adapter else self.model_id)
+        model = adapter.served_name if adapter else self.model_id
+        generation.deltas = self._stream(messages, params, generation, model)
         return generation
 
     def _client_for_this_loop(self) -> httpx.AsyncClient:
@@ -256,7 +269,8 @@ class VLLMEngine(Engine):
         client = self._client_for_this_loop()
         try:
             for attempt in (1, 2):
-                async with client.stream("POST", "/v1/chat/completions", json=self._body(messages, params, model)) as response:
+                body = self._body(messages, params, model)
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
                     if response.status_code == 404 and generation.adapter_version is not None and attempt == 1:
                         model = await asyncio.to_thread(self._restore, generation.adapter_version, model)
                         continue
@@ -271,9 +285,9 @@ class VLLMEngine(Engine):
     async def _stream_error(self, response: httpx.Response) -> CarecycleError:
         body = (await response.aread()).decode(errors="replace")
         if response.status_code == 404:
-            served = await asyncio.to_thread(self.served_models)
-            if self.model_id not in served:
-                return self._not_served(served)
+            models = await asyncio.to_thread(self._models)
+            if self.model_id not in [model["id"] for model in models]:
+                return self._not_served(models)
         return self._vllm_error(response.status_code, body)
 
     async def _deltas(self, response: httpx.Response, generation: Generation) -> AsyncIterator[str]:
@@ -283,9 +297,9 @@ class VLLMEngine(Engine):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[len("data: "):])
-            if "error" in chunk:
-                error = chunk["error"]
-                raise self._vllm_error(int(error.get("code") or 500), json.dumps(chunk))
+            if "error" in chunk:  # vLLM failed after it had started streaming
+                code = chunk["error"].get("code") if isinstance(chunk["error"], dict) else None
+                raise self._vllm_error(int(code or 500), json.dumps(chunk))
             if chunk.get("usage"):
                 generation.prompt_tokens = chunk["usage"]["prompt_tokens"]
                 generation.completion_tokens = chunk["usage"]["completion_tokens"]

@@ -22,6 +22,13 @@ ROUTES = {
     ("PUT", "/api/admin/users/{user_id}/role"): ADMIN,
     ("GET", "/api/admin/audit"): ADMIN,
     ("DELETE", "/api/admin/conversations/{conversation_id}"): ADMIN,
+    ("GET", "/api/admin/cycles"): ADMIN,
+    ("POST", "/api/admin/cycles"): ADMIN,
+    ("GET", "/api/admin/cycles/{cycle_id}"): ADMIN,
+    ("POST", "/api/admin/cycles/{cycle_id}/decision"): ADMIN,
+    ("GET", "/api/admin/adapters"): ADMIN,
+    ("POST", "/api/admin/adapters/{version}/promote"): ADMIN,
+    ("POST", "/api/admin/adapters/rollback"): ADMIN,
 }
 RANK = {ANY: 0, USER: 1, OPERATOR: 2, ADMIN: 3}
 
@@ -38,7 +45,10 @@ def test_every_route_is_in_the_role_matrix(server):
 def test_role_matrix(client, server, keys, caller):
     headers = {ANY: {}, USER: bearer(keys["alice"]), OPERATOR: bearer(keys["olga"]), ADMIN: bearer(keys["ada"])}[caller]
     for (method, path), needed in ROUTES.items():
-        url = path.format(conversation_id="conv-x", message_id="msg-x", user_id="nobody")
+        if (method, path) == ("POST", "/api/admin/cycles"):
+            continue  # starting a real cycle is tested in test_cycle.py; its role is checked below
+        url = path.format(conversation_id="conv-x", message_id="msg-x", user_id="nobody", cycle_id="cyc-x",
+                          version="v-x")
         response = client.request(method, url, headers=headers, json={})
         allowed = RANK[caller] >= RANK[needed]
         if allowed:
@@ -47,6 +57,12 @@ def test_role_matrix(client, server, keys, caller):
             expected = 401 if caller == ANY else 403
             assert response.status_code == expected, (method, path, caller, response.status_code)
             assert response.json()["error"]["code"] == expected
+
+
+def test_only_admins_trigger_cycles(client, keys):
+    assert client.post("/api/admin/cycles").status_code == 401
+    for name in ("alice", "olga"):
+        assert client.post("/api/admin/cycles", headers=bearer(keys[name])).status_code == 403
 
 
 def test_a_bad_key_is_401_not_anonymous(client):

@@ -1,4 +1,4 @@
-"""A tiny random Llama with a byte-level BPE tokenizer and a ChatML template (builds in <1 s).
+"""A tiny random Llama with a byte-level BPE tokenizer (printable ASCII) and a ChatML template.
 
 Head size 32: vLLM's CPU attention rejects smaller heads, and the same model serves there.
 """
@@ -14,13 +14,17 @@ CHATML = (
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
+# every printable ASCII character, so that any ASCII input can be tokenized
+_ASCII = "".join(chr(c) for c in range(32, 127)) + "\n\t"
+
+
 def _corpus() -> list[str]:
     words = (
         "the patient doctor fever cough pain dose tablet ibuprofen paracetamol blood pressure heart "
         "sleep water take call emergency clinic nurse symptom rest hours day week safe unsafe help "
         "cannot sorry please consult question answer medicine allergy child adult"
     ).split()
-    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(200)]
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) for i in range(200)] + [_ASCII]
 
 
 def build_tiny_model(folder: Path) -> Path:
@@ -31,10 +35,9 @@ def build_tiny_model(folder: Path) -> Path:
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(
-        _corpus(),
-        trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
+    # no byte-level initial alphabet: the vocabulary holds printable ASCII only, so even a random
+    # model writes clean text (no control characters or broken UTF-8 for the record's hygiene)
+    raw.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
     )

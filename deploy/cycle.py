@@ -1,0 +1,238 @@
+"""The nightly realignment cycle, one function for the schedule, the CLI and the admin API:
+
+snapshot → datasets → train KTO and DPO candidates → evaluate active and candidates →
+validator picks the winner → safety gate → promote (or wait for approval, or keep).
+
+Each step and its figures go into the cycle record as they happen. Any failure leaves the
+active adapter serving and records where and why. Never two cycles at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from feedback.audit import audit
+from feedback.errors import CarecycleError, ConflictError
+from feedback.registry_record import RegistryRecord
+from feedback.store import Store
+from retrain.datasets.build import BuildConfig, abuild_datasets
+from retrain.datasets.export import export_dataset
+from retrain.datasets.snapshot import write_snapshot
+from retrain.evaluation.adapter_eval import evaluate_adapter
+from retrain.evaluation.benchmark import load_benchmark
+from retrain.gate import GatePolicy, decide
+from retrain.sampling import safety_sampler
+from retrain.training import TrainConfig, run_training
+from serve.engine import Engine
+from serve.judges.base import Judge
+
+from deploy.promotion import promote
+
+log = logging.getLogger("carecycle.cycle")
+ACTIVE = "active"
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    methods: tuple[str, ...] = ("kto", "dpo")
+    min_signal: int = 20
+    gate: GatePolicy = GatePolicy()
+    require_approval: bool = False
+    benchmark: str = "carecycle-safety"
+    eval_split: str | None = "validation"
+    eval_limit: int | None = None
+    eval_max_tokens: int = 96
+    sample_cap: int = 16
+    system_prompt: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # passed to every TrainConfig
+
+
+class CycleFailed(CarecycleError):
+    def __init__(self, step: str, message: str):
+        super().__init__(f"cycle failed at {step}: {message}")
+        self.step = step
+
+
+class Cycle:
+    def __init__(self, store: Store, engine: Engine, judge_factory: Callable[[], Judge], base_model: str,
+                 data_dir: Path, config: CycleConfig):
+        self.store = store
+        self.registry = RegistryRecord(store)
+        self.engine = engine
+        self._judge_factory = judge_factory
+        self._judge: Judge | None = None
+        self.base_model = base_model
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self.running: str | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def judge(self) -> Judge:
+        """Built on first use: a missing judge fails a cycle, never the server's start."""
+        if self._judge is None:
+            self._judge = self._judge_factory()
+        return self._judge
+
+    # -- entry points ----------------------------------------------------------------
+    def trigger(self, trigger: str, actor: str, methods: tuple[str, ...] | None = None) -> str:
+        """Start a cycle in the background (audited as ``actor``'s); ConflictError names the
+        one already running."""
+        cycle_id = self._claim(trigger)
+        self.store.write(lambda conn: audit(conn, actor, "cycle.trigger", cycle_id))
+        self._task = asyncio.create_task(self._run(cycle_id, methods or self.config.methods))
+        return cycle_id
+
+    async def run(self, trigger: str, methods: tuple[str, ...] | None = None, train_only: bool = False) -> dict[str, Any]:
+        """Run a cycle to its end (schedule, CLI) and return its record; ``train_only`` stops
+        after training (the candidates stay registered as candidates)."""
+        cycle_id = self._claim(trigger)
+        await self._run(cycle_id, methods or self.config.methods, train_only)
+        return self.registry.cycle(cycle_id)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def _claim(self, trigger: str) -> str:
+        if self.running is not None:
+            raise ConflictError(f"cycle {self.running} is running; wait for it (GET /api/admin/cycles/{self.running})")
+        cycle_id = datetime.now(timezone.utc).strftime("cyc-%Y%m%d-%H%M%S-") + f"{id(self) % 10000:04d}"
+        self.running = cycle_id
+        self.registry.start_cycle(cycle_id, trigger)
+        return cycle_id
+
+    # -- the steps -------------------------------------------------------------------
+    async def _run(self, cycle_id: str, methods: tuple[str, ...], train_only: bool = False) -> None:
+        step = "start"
+        loaded: list[str] = []
+        try:
+            step = "signal"
+            if (signal := await self._check_signal(cycle_id)) is not None:
+                return self.registry.finish_cycle(cycle_id, "kept", signal)
+            step = "snapshot"
+            folder = self.data_dir / "cycles" / cycle_id
+            snapshot = await asyncio.to_thread(write_snapshot, self.store, folder / "snapshot")
+            self.registry.record_step(cycle_id, step, {"snapshot_id": snapshot.snapshot_id, "rows": snapshot.row_counts})
+            step = "datasets"
+            build = await self._datasets(cycle_id, snapshot.path, folder)
+            step = "train"
+            candidates = await self._train(cycle_id, methods, build, folder, snapshot.snapshot_id)
+            if train_only:
+                return self.registry.finish_cycle(cycle_id, "kept", {
+                    "decision": "trained only", "candidates": {v: a["path"] for v, a in candidates.items()}})
+            step = "evaluate"
+            metrics = await self._evaluate(cycle_id, candidates, folder, loaded)
+            step = "gate"
+            await self._decide(cycle_id, candidates, metrics)
+        except Exception as exc:  # the cycle record says where and why; serving goes on untouched
+            log.error("cycle %s failed at %s: %s", cycle_id, step, exc)
+            self.registry.finish_cycle(cycle_id, "failed", {
+                "failed_step": step, "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc(limit=3)})
+        finally:
+            self._unload_losers(loaded)
+            self.running = None
+
+    async def _check_signal(self, cycle_id: str) -> dict[str, Any] | None:
+        signal = self.registry.signal_since_last_cycle()
+        self.registry.record_step(cycle_id, "signal", {"new_signal": signal, "needed": self.config.min_signal})
+        if signal < self.config.min_signal:
+            return {"decision": "kept", "reason": f"not enough new signal ({signal} < {self.config.min_signal})"}
+        return None
+
+    async def _datasets(self, cycle_id: str, snapshot_dir: Path, folder: Path):
+        sampler = safety_sampler(self.engine, self.judge) if self.config.sample_cap else None
+        build_config = BuildConfig(sample_cap=self.config.sample_cap, system_prompt=self.config.system_prompt)
+        build = await abuild_datasets(snapshot_dir, build_config, sampler)
+        for kind, table in (("kto", build.kto), ("dpo", build.dpo)):
+            await asyncio.to_thread(export_dataset, table, folder / f"{kind}.parquet", "parquet", kind)
+        self.registry.record_step(cycle_id, "datasets", build.report)
+        return build
+
+    async def _train(self, cycle_id: str, methods, build, folder: Path, snapshot_id: str) -> dict[str, dict]:
+        active = self.registry.with_status("active")
+        candidates, figures = {}, {}
+        for method in methods:
+            table = build.kto if method == "kto" else build.dpo
+            version = f"{method}-{cycle_id.removeprefix('cyc-')}"
+            config = TrainConfig(
+                method=method, base_model=self.base_model, dataset=str(folder / f"{method}.parquet"),
+                output_dir=str(self.data_dir / "adapters" / version), init_adapter=active["path"] if active else None,
+                dataset_snapshot_id=snapshot_id, **(build.kto_weights if method == "kto" else {}), **self.config.train,
+            )
+
+            def progress(event: dict, method: str = method) -> None:
+                if event.get("event") == "progress":  # progress shows in the cycle record as it happens
+                    figures[method] = {"status": "training", "step": event.get("step"), "total": event.get("total"),
+                                       "loss": event.get("loss")}
+                    self.registry.record_step(cycle_id, "train", figures)
+                    log.info("training %s: step %s/%s loss %s", method, event.get("step"), event.get("total"),
+                             event.get("loss"))
+
+            result = await asyncio.to_thread(run_training, config, progress)
+            figures[method] = {"status": result.status, "reason": result.reason, "rows": table.num_rows,
+                               "final_loss": (result.manifest or {}).get("final_loss")}
+            if result.status == "ok":
+                message_ids = sorted({i for ids in table.column("message_ids").to_pylist() for i in ids})
+                self.registry.register(version, active["version"] if active else None, method,
+                                       str(result.adapter_path), result.manifest["checksum"], self.base_model,
+                                       snapshot_id, message_ids)
+                candidates[version] = self.registry.adapter(version)
+            self.registry.record_step(cycle_id, "train", figures)
+        return candidates
+
+    async def _evaluate(self, cycle_id: str, candidates: dict[str, dict], folder: Path, loaded: list[str]):
+        items = load_benchmark(self.config.benchmark, split=self.config.eval_split, limit=self.config.eval_limit)
+        active = self.registry.with_status("active")
+        metrics: dict[str, dict] = {}
+        for name, adapter in [(ACTIVE, active), *candidates.items()]:
+            version = adapter["version"] if adapter else None
+            if name != ACTIVE:
+                self.engine.load_adapter(version, adapter["path"])
+                loaded.append(version)
+            result = await evaluate_adapter(
+                self.engine, version, items, self.judge, folder / "eval" / name,
+                max_new_tokens=self.config.eval_max_tokens, system_prompt=self.config.system_prompt,
+                metadata={"name": name if name != ACTIVE else f"active ({version or 'base'})", "cycle": cycle_id},
+            )
+            metrics[name] = result.metrics
+            if name != ACTIVE:
+                self.registry.set_metrics(version, result.metrics)
+            self.registry.record_step(cycle_id, "evaluate", {n: m["overall"] for n, m in metrics.items()})
+        return metrics
+
+    async def _decide(self, cycle_id: str, candidates: dict[str, dict], metrics: dict[str, dict]) -> None:
+        decision = decide(metrics[ACTIVE], {v: metrics[v] for v in candidates}, self.config.gate)
+        winner_method = candidates[decision.winner]["method"] if decision.winner else None
+        outcome = {"winner": decision.winner, "winner_method": winner_method, "promote": decision.promote,
+                   "reasons": decision.reasons}
+        self.registry.record_step(cycle_id, "gate", outcome)
+        for version in candidates:
+            if version != decision.winner or not decision.promote:
+                self.registry.reject(version, "; ".join(decision.reasons) or "another candidate won")
+        if not decision.promote:
+            return self.registry.finish_cycle(cycle_id, "kept", {**outcome, "decision": "kept"})
+        if self.config.require_approval:
+            return self.registry.finish_cycle(cycle_id, "awaiting_approval", {**outcome, "decision": "awaiting approval"})
+        promote(self.engine, self.registry, decision.winner, f"cycle:{cycle_id}")
+        self.registry.finish_cycle(cycle_id, "promoted", {**outcome, "decision": "promoted"})
+
+    def _unload_losers(self, loaded: list[str]) -> None:
+        keep = {self.engine.active_adapter}
+        pending = self.registry.with_status("candidate")
+        if pending is not None:
+            keep.add(pending["version"])  # awaiting approval: stays loaded for a quick promotion
+        for version in loaded:
+            if version not in keep:
+                try:
+                    self.engine.unload_adapter(version)
+                except CarecycleError as exc:
+                    log.warning("could not unload %s: %s", version, exc)

@@ -1,0 +1,84 @@
+"""Admin API for the realignment loop: cycles, adapters, promotion, rollback, approval."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from feedback.audit import audit
+from feedback.errors import ConflictError
+from feedback.registry_record import RegistryRecord
+from serve.dependencies import AdminUser
+from serve.errors import ERROR_RESPONSES
+
+from deploy.cycle import Cycle
+from deploy.promotion import promote, rollback
+
+router = APIRouter(prefix="/api/admin", tags=["cycles"], responses=ERROR_RESPONSES)
+
+
+def _cycle(request: Request) -> Cycle:
+    return request.app.state.cycle
+
+
+CycleDep = Annotated[Cycle, Depends(_cycle)]
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approve: bool
+
+
+def _registry(cycle: Cycle) -> RegistryRecord:
+    return cycle.registry
+
+
+@router.get("/cycles")
+def list_cycles(cycle: CycleDep, admin: AdminUser, limit: int = Query(50, ge=1, le=1000)):
+    return {"running": cycle.running, "data": cycle.registry.cycles(limit)}
+
+
+@router.post("/cycles", status_code=202)
+async def trigger_cycle(cycle: CycleDep, admin: AdminUser):
+    cycle_id = cycle.trigger(f"api:{admin.id}", admin.id)
+    return {"cycle_id": cycle_id, "status": "running"}
+
+
+@router.get("/cycles/{cycle_id}")
+def get_cycle(cycle_id: str, cycle: CycleDep, admin: AdminUser):
+    return cycle.registry.cycle(cycle_id)
+
+
+@router.post("/cycles/{cycle_id}/decision")
+def decide_cycle(cycle_id: str, body: Decision, cycle: CycleDep, admin: AdminUser):
+    """Approve or reject the winner of a cycle that waits for a human (audited either way)."""
+    record = cycle.registry.cycle(cycle_id)
+    if record["status"] != "awaiting_approval":
+        raise ConflictError(f"cycle {cycle_id} is {record['status']}, not awaiting approval")
+    winner = record["detail"]["gate"]["winner"]
+    cycle.store.write(lambda conn: audit(conn, admin.id, "cycle.approve" if body.approve else "cycle.reject",
+                                         cycle_id, winner=winner))
+    if body.approve:
+        promote(cycle.engine, cycle.registry, winner, admin.id)
+    else:
+        cycle.registry.reject(winner, f"rejected by {admin.id}")
+    status = "promoted" if body.approve else "kept"
+    cycle.registry.finish_cycle(cycle_id, status, {"decision": status, "decided_by": admin.id, "winner": winner})
+    return cycle.registry.cycle(cycle_id)
+
+
+@router.get("/adapters")
+def list_adapters(cycle: CycleDep, admin: AdminUser):
+    return {"serving": cycle.engine.active_adapter, "data": cycle.registry.adapters()}
+
+
+@router.post("/adapters/{version}/promote")
+def promote_adapter(version: str, cycle: CycleDep, admin: AdminUser):
+    return promote(cycle.engine, cycle.registry, version, admin.id)
+
+
+@router.post("/adapters/rollback")
+def rollback_adapter(cycle: CycleDep, admin: AdminUser):
+    return rollback(cycle.engine, cycle.registry, admin.id)

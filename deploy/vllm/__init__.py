@@ -1,0 +1,1 @@
+"""Files and launcher for serving carecycle's model with vLLM (its own process and venv)."""

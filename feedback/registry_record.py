@@ -1,0 +1,140 @@
+"""Named queries for the adapter registry and the cycle record.
+
+An adapter's status moves candidate → active → previous → retired, or candidate → rejected.
+At most one adapter is active and one previous (instant rollback). Every change of the
+active adapter writes an audit row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+
+from feedback.audit import audit
+from feedback.errors import ConflictError, NotFoundError
+from feedback.store import Store
+
+
+class RegistryRecord:
+    def __init__(self, store: Store):
+        self.store = store
+
+    # -- adapters --------------------------------------------------------------------
+    def register(self, version: str, parent: str | None, method: str, path: str, checksum: str,
+                 base_model: str, snapshot_id: str, message_ids: list[str]) -> None:
+        def task(conn: duckdb.DuckDBPyConnection) -> None:
+            conn.execute(
+                "INSERT INTO adapters (version, parent, method, path, checksum, status, base_model, snapshot_id)"
+                " VALUES (?, ?, ?, ?, ?, 'candidate', ?, ?)",
+                [version, parent, method, path, checksum, base_model, snapshot_id],
+            )
+            conn.execute("INSERT INTO adapter_provenance SELECT ?, unnest(?::TEXT[]) ON CONFLICT DO NOTHING",
+                         [version, message_ids])
+
+        self.store.write(task)
+
+    def set_metrics(self, version: str, metrics: dict[str, Any]) -> None:
+        self.store.write(lambda conn: conn.execute(
+            "UPDATE adapters SET metrics = ?, updated_at = now() WHERE version = ?", [json.dumps(metrics), version]))
+
+    def reject(self, version: str, reason: str) -> None:
+        self.store.write(lambda conn: conn.execute(
+            "UPDATE adapters SET status = 'rejected', metrics = json_merge_patch(coalesce(metrics, '{}'),"
+            " json_object('rejected_because', ?)), updated_at = now() WHERE version = ? AND status = 'candidate'",
+            [reason, version]))
+
+    def adapter(self, version: str) -> dict[str, Any]:
+        rows = self.store.read("SELECT * FROM adapters WHERE version = ?", [version])
+        if not rows:
+            raise NotFoundError(f"unknown adapter version {version!r}; `carecycle adapters list` shows them")
+        return rows[0]
+
+    def adapters(self) -> list[dict[str, Any]]:
+        return self.store.read("SELECT * FROM adapters ORDER BY created_at DESC")
+
+    def with_status(self, status: str) -> dict[str, Any] | None:
+        rows = self.store.read("SELECT * FROM adapters WHERE status = ? ORDER BY updated_at DESC LIMIT 1", [status])
+        return rows[0] if rows else None
+
+    def make_active(self, actor: str, version: str | None, action: str) -> dict[str, str | None]:
+        """``version`` (None: the base model) becomes active, the active one becomes previous,
+        the previous one is retired. Returns the versions that changed status."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
+            statuses = dict(conn.execute("SELECT status, version FROM adapters WHERE status IN ('active', 'previous')").fetchall())
+            if version is not None:
+                row = conn.execute("SELECT status FROM adapters WHERE version = ?", [version]).fetchone()
+                if row is None:
+                    raise NotFoundError(f"unknown adapter version {version!r}; `carecycle adapters list` shows them")
+                if row[0] in ("rejected", "retired") and action != "rollback":
+                    raise ConflictError(f"adapter {version} is {row[0]}; promote a candidate or a previous version")
+                if row[0] == "active":
+                    raise ConflictError(f"adapter {version} is already active")
+            conn.execute("UPDATE adapters SET status = 'retired', updated_at = now() WHERE status = 'previous'"
+                         " AND version IS DISTINCT FROM ?", [version])
+            conn.execute("UPDATE adapters SET status = 'previous', updated_at = now() WHERE status = 'active'")
+            if version is not None:
+                conn.execute("UPDATE adapters SET status = 'active', updated_at = now() WHERE version = ?", [version])
+            audit(conn, actor, f"adapter.{action}", version or "base", replaced=statuses.get("active"))
+            return {"active": version, "previous": statuses.get("active"), "retired": statuses.get("previous")}
+
+        return self.store.write(task)
+
+    def previous_for_rollback(self) -> dict[str, Any]:
+        previous = self.with_status("previous")
+        active = self.with_status("active")
+        if previous is None and active is None:
+            raise ConflictError("no previous version to roll back to: the base model is serving")
+        return previous or {"version": None}
+
+    # -- cycles ----------------------------------------------------------------------
+    def start_cycle(self, cycle_id: str, trigger: str) -> None:
+        self.store.write(lambda conn: conn.execute(
+            "INSERT INTO cycles (id, status, trigger, step, detail) VALUES (?, 'running', ?, 'start', '{}')",
+            [cycle_id, trigger]))
+
+    def record_step(self, cycle_id: str, step: str, figures: dict[str, Any]) -> None:
+        """Write a step and its figures into the cycle record as it happens."""
+        self.store.write(lambda conn: conn.execute(
+            "UPDATE cycles SET step = ?, detail = json_merge_patch(detail, json_object(?, ?::JSON)) WHERE id = ?",
+            [step, step, json.dumps(figures, default=str), cycle_id]))
+
+    def finish_cycle(self, cycle_id: str, status: str, figures: dict[str, Any]) -> None:
+        self.store.write(lambda conn: conn.execute(
+            "UPDATE cycles SET status = ?, finished_at = now(),"
+            " detail = json_merge_patch(detail, json_object('outcome', ?::JSON)) WHERE id = ?",
+            [status, json.dumps(figures, default=str), cycle_id]))
+
+    def interrupt_running(self) -> list[str]:
+        """Cycles left 'running' by a server that died: mark them interrupted."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> list[str]:
+            ids = [row[0] for row in conn.execute("SELECT id FROM cycles WHERE status = 'running'").fetchall()]
+            conn.execute("UPDATE cycles SET status = 'interrupted', finished_at = now() WHERE status = 'running'")
+            return ids
+
+        return self.store.write(task)
+
+    def cycles(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.store.read("SELECT * FROM cycles ORDER BY started_at DESC LIMIT ?", [limit])
+        for row in rows:
+            row["detail"] = json.loads(row["detail"]) if row["detail"] else {}
+        return rows
+
+    def cycle(self, cycle_id: str) -> dict[str, Any]:
+        rows = self.store.read("SELECT * FROM cycles WHERE id = ?", [cycle_id])
+        if not rows:
+            raise NotFoundError(f"unknown cycle {cycle_id!r}")
+        rows[0]["detail"] = json.loads(rows[0]["detail"]) if rows[0]["detail"] else {}
+        return rows[0]
+
+    def signal_since_last_cycle(self) -> int:
+        """New labelled signal (votes, judgments, verdicts) since the last cycle that trained."""
+        return self.store.read_one(
+            """WITH since AS (SELECT coalesce(max(started_at), TIMESTAMPTZ '1970-01-01') AS t FROM cycles
+                              WHERE status IN ('promoted', 'kept', 'awaiting_approval'))
+               SELECT (SELECT count(*) FROM feedback, since WHERE created_at > since.t)
+                    + (SELECT count(*) FROM judgments, since WHERE created_at > since.t)
+                    + (SELECT count(*) FROM reviews, since WHERE created_at > since.t)""")[0]

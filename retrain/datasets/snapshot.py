@@ -1,0 +1,147 @@
+"""Snapshots: the record's tables a cycle needs, as Parquet files, written by the server.
+
+The server process owns the DuckDB file, so it writes the snapshot (one read transaction on a
+cursor of the store's connection: the files agree with each other), and everything downstream
+opens the Parquet files with a fresh in-memory DuckDB connection — never the live file.
+
+Layout: ``<root>/<snapshot id>/{conversations,messages,feedback,judgments,reviews}.parquet``
+and ``manifest.json`` (written last; a folder without one is not a snapshot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from feedback.errors import CarecycleError
+from feedback.store import Store
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+# table name in the snapshot -> the SELECT that fills it, run against the live record
+TABLES: dict[str, str] = {
+    "conversations": "SELECT * FROM conversations",
+    "messages": "SELECT * FROM messages",
+    # the current vote of each user on each message
+    "feedback": "SELECT * FROM current_feedback",
+    # the latest judgment of each judge on each message (raw output left behind)
+    "judgments": (
+        "SELECT * EXCLUDE (raw_output) FROM judgments"
+        " QUALIFY row_number() OVER (PARTITION BY message_id, judge ORDER BY created_at DESC, id DESC) = 1"
+    ),
+    # the latest operator review of each message
+    "reviews": (
+        "SELECT * FROM reviews"
+        " QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, id DESC) = 1"
+    ),
+}
+
+
+class SnapshotError(CarecycleError):
+    """A snapshot folder that is missing, incomplete or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    snapshot_id: str
+    path: Path
+    created_at: str  # ISO 8601, UTC
+    row_counts: dict[str, int]
+    schema_version: int | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("path")
+        data["format"] = FORMAT_VERSION
+        data["files"] = {name: f"{name}.parquet" for name in self.row_counts}
+        return data
+
+
+def sql_string(text: str) -> str:
+    """A SQL string literal (COPY and read_parquet take no parameters for their paths)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def new_snapshot_id(now: datetime) -> str:
+    return f"snap-{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def copy_tables(conn: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, int]:
+    """COPY every snapshot table into ``folder``; returns the row count of each."""
+    counts = {}
+    for name, select in TABLES.items():
+        target = sql_string(str(folder / f"{name}.parquet"))
+        counts[name] = conn.execute(f"COPY ({select}) TO {target} (FORMAT parquet)").fetchall()[0][0]
+    return counts
+
+
+def write_manifest(info: SnapshotInfo) -> None:
+    (info.path / MANIFEST).write_text(json.dumps(info.manifest(), indent=2) + "\n")
+
+
+def write_snapshot(store: Store, out_dir: Path) -> SnapshotInfo:
+    """Write a snapshot of the live record under ``out_dir/<snapshot id>/``.
+
+    Runs in the server process, on a cursor of the store's connection inside one read
+    transaction: the files agree with each other, and the writer thread goes on serving
+    chats meanwhile. The folder gets its final name only once every file and the manifest
+    are written.
+    """
+    now = datetime.now(timezone.utc)
+    snapshot_id = new_snapshot_id(now)
+    out_dir = Path(out_dir)
+    staging = out_dir / f".{snapshot_id}.partial"
+    staging.mkdir(parents=True)
+    # a cursor is a connection of its own to the same database, usable from this thread
+    cursor = store.write(lambda conn: conn.cursor())
+    try:
+        cursor.execute("BEGIN TRANSACTION")
+        version = cursor.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0]
+        counts = copy_tables(cursor, staging)
+        cursor.execute("COMMIT")
+        write_manifest(SnapshotInfo(snapshot_id, staging, now.isoformat(), counts, version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        cursor.close()
+    final = out_dir / snapshot_id
+    os.replace(staging, final)
+    return SnapshotInfo(snapshot_id, final, now.isoformat(), counts, version)
+
+
+def read_manifest(snapshot_dir: Path) -> dict[str, Any]:
+    path = Path(snapshot_dir) / MANIFEST
+    if not path.is_file():
+        raise SnapshotError(f"{snapshot_dir} is not a snapshot: it has no {MANIFEST} (unfinished or wrong folder)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"snapshot {snapshot_dir} has format {manifest.get('format')!r}; this build reads {FORMAT_VERSION}"
+        )
+    missing = [f for f in manifest["files"].values() if not (Path(snapshot_dir) / f).is_file()]
+    if missing:
+        raise SnapshotError(f"snapshot {snapshot_dir} lacks {', '.join(missing)}")
+    return manifest
+
+
+def open_snapshot(snapshot_dir: Path, threads: int | None = None) -> tuple[duckdb.DuckDBPyConnection, dict[str, Any]]:
+    """A fresh in-memory connection with one view per snapshot table, and the manifest."""
+    manifest = read_manifest(snapshot_dir)
+    con = duckdb.connect(":memory:")
+    con.execute("SET preserve_insertion_order = false")  # every result that leaves is ORDERed
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    for name, file in manifest["files"].items():
+        path = sql_string(str(Path(snapshot_dir) / file))
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({path})")
+    return con, manifest
