@@ -45,8 +45,10 @@ def retrain(
         services.close()
     typer.echo(json.dumps({"cycle": record["id"], "status": record["status"], **record["detail"].get("outcome", {})},
                           indent=2, default=str))
-    for version, figures in record["detail"].get("train", {}).items():
-        typer.echo(f"{version}: {figures.get('status')} {figures.get('reason') or ''}")
+    for method, figures in record["detail"].get("train", {}).items():
+        typer.echo(f"{method}: {figures.get('status')} {figures.get('reason') or ''}")
+    for version, path in record["detail"].get("outcome", {}).get("candidates", {}).items():
+        typer.echo(f"candidate {version}: {path}")
 
 
 def export(

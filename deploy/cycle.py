@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -104,7 +105,7 @@ class Cycle:
     def _claim(self, trigger: str) -> str:
         if self.running is not None:
             raise ConflictError(f"cycle {self.running} is running; wait for it (GET /api/admin/cycles/{self.running})")
-        cycle_id = datetime.now(timezone.utc).strftime("cyc-%Y%m%d-%H%M%S-") + f"{id(self) % 10000:04d}"
+        cycle_id = datetime.now(timezone.utc).strftime("cyc-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.running = cycle_id
         self.registry.start_cycle(cycle_id, trigger)
         return cycle_id
@@ -149,12 +150,17 @@ class Cycle:
         return None
 
     async def _datasets(self, cycle_id: str, snapshot_dir: Path, folder: Path):
-        sampler = safety_sampler(self.engine, self.judge) if self.config.sample_cap else None
+        sampler, no_sampling = None, None
+        if self.config.sample_cap:
+            try:
+                sampler = safety_sampler(self.engine, self.judge)
+            except CarecycleError as exc:  # no judge to score new samples: the other DPO sources still count
+                no_sampling = str(exc)
         build_config = BuildConfig(sample_cap=self.config.sample_cap, system_prompt=self.config.system_prompt)
         build = await abuild_datasets(snapshot_dir, build_config, sampler)
         for kind, table in (("kto", build.kto), ("dpo", build.dpo)):
             await asyncio.to_thread(export_dataset, table, folder / f"{kind}.parquet", "parquet", kind)
-        self.registry.record_step(cycle_id, "datasets", build.report)
+        self.registry.record_step(cycle_id, "datasets", {**build.report, "sampling_skipped": no_sampling})
         return build
 
     async def _train(self, cycle_id: str, methods, build, folder: Path, snapshot_id: str) -> dict[str, dict]:

@@ -49,6 +49,35 @@ def _load_model(model_path: str):
     return tokenizer, model
 
 
+class _TokenStreamer:
+    """transformers' streamer protocol, emitting the new text after every token (TextStreamer
+    holds text back to word boundaries). Text that ends in an incomplete UTF-8 sequence waits
+    for the token that completes it."""
+
+    def __init__(self, tokenizer, emit):
+        self.tokenizer = tokenizer
+        self.emit = emit
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.prompt_skipped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_skipped:  # generate() first hands over the prompt
+            self.prompt_skipped = True
+            return
+        self.tokens.extend(value.reshape(-1).tolist())
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if (final or not text.endswith("\ufffd")) and len(text) > self.sent:
+            self.emit(text[self.sent:])
+            self.sent = len(text)
+
+
 class LocalEngine(Engine):
     def __init__(self, model_path: str, model_id: str | None = None, torch_threads: int | None = None):
         if torch_threads:
@@ -90,20 +119,13 @@ class LocalEngine(Engine):
 
     def _run(self, input_ids, params: GenerationParams, generation: Generation, loop, deltas) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
-
-        tokenizer = self.tokenizer
-
-        class QueueStreamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    loop.call_soon_threadsafe(deltas.put_nowait, text)
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         class StopWhenCancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs) -> bool:
                 return generation.cancelled.is_set()
 
-        streamer = QueueStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _TokenStreamer(self.tokenizer, lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text))
         stopping = StoppingCriteriaList([StopWhenCancelled()])
         try:
             with self._generate_lock:

@@ -148,3 +148,33 @@ def test_operator_reviews_in_the_browser(browser, ui_server):
     assert store.read("SELECT label FROM reviews WHERE message_id = ?", [oldest_first[1]]) == [{"label": "Caution"}]
     reads = store.read("SELECT target FROM audit_log WHERE actor = 'olga' AND action = 'transcript.read'")
     assert len(reads) >= 2
+
+
+def test_cycle_dashboard_shows_history_and_admins_trigger(browser, ui_server):
+    from selenium.webdriver.common.by import By
+
+    from feedback.accounts import Accounts
+    from feedback.registry_record import RegistryRecord
+
+    store = ui_server.store
+    Accounts(store).create("test", "ada", "admin", "an admin password")
+    registry = RegistryRecord(store)
+    registry.start_cycle("cyc-earlier", "schedule")
+    registry.record_step("cyc-earlier", "evaluate", {"active": {"safety_score": 0.41, "erroneous_refusal": 0.1},
+                                                     "kto-earlier": {"safety_score": 0.52, "erroneous_refusal": 0.1}})
+    registry.record_step("cyc-earlier", "gate", {"winner": "kto-earlier", "winner_method": "kto", "reasons": []})
+    registry.finish_cycle("cyc-earlier", "promoted", {"decision": "promoted"})
+
+    browser.get(ui_server.url + "/cycles/")
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the sign-in form")
+    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("ada")
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("an admin password")
+    wait_for(lambda: browser.find_elements(By.XPATH, "//button[contains(., 'Login')]"), what="the login button")[0].click()
+    wait_for(lambda: "cyc-earlier" in browser.find_element(By.CSS_SELECTOR, "#cycles-table").text
+             if browser.find_elements(By.CSS_SELECTOR, "#cycles-table") else False, what="the cycle history")
+    assert "base model" in browser.find_element(By.CSS_SELECTOR, "#cycles-headline").text
+    browser.find_element(By.CSS_SELECTOR, "#trigger-cycle").click()
+    wait_for(lambda: "started" in browser.find_element(By.CSS_SELECTOR, "#cycles-status").text, what="the trigger")
+    triggered = wait_for(lambda: store.read("SELECT id, trigger FROM cycles WHERE trigger = 'ui:ada'"), what="the cycle row")
+    assert store.read("SELECT actor FROM audit_log WHERE action = 'cycle.trigger' AND target = ?",
+                      [triggered[0]["id"]]) == [{"actor": "ada"}]

@@ -45,8 +45,8 @@ def test_export_writes_a_scrubbed_dataset_that_datasets_loads(recorded, tmp_path
 def test_retrain_then_promote_and_roll_back_from_the_cli(recorded):
     out = cli(recorded, "retrain", "--method", "kto", "--train-only")
     assert '"decision": "trained only"' in out
-    version = next(line.split(":")[0] for line in out.splitlines() if line.startswith("kto-"))
-    assert "ok" in out.split(version + ":")[1].splitlines()[0]
+    assert "kto: ok" in out
+    version = next(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("candidate kto-"))
     listing = cli(recorded, "adapters", "list")
     assert version in listing and "candidate" in listing
     shown = json.loads(cli(recorded, "adapters", "show", version))

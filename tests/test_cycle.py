@@ -125,6 +125,19 @@ def test_full_cycle_promotes_then_rolls_back_and_restores_on_restart(cycle_setti
             provenance = live.store.read("SELECT count(*) AS n FROM adapter_provenance WHERE adapter_version = ?", [winner])
             assert provenance[0]["n"] > 0
 
+            # chats keep succeeding while the adapter is switched back and forth under them
+            def ask(i):
+                return http.post("/v1/chat/completions", headers=bearer(user),
+                                 json={"messages": [{"role": "user", "content": f"load {i}"}]})
+
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                in_flight = [pool.submit(ask, i) for i in range(12)]
+                assert http.post("/api/admin/adapters/rollback", headers=bearer(admin)).status_code == 200
+                assert http.post(f"/api/admin/adapters/{winner}/promote", headers=bearer(admin)).status_code == 200
+                responses = [future.result() for future in in_flight]
+            assert [r.status_code for r in responses] == [200] * 12
+            assert {r.json()["adapter_version"] for r in responses} <= {winner, None}
+
             # rollback: back to the base model, instantly
             assert http.post("/api/admin/adapters/rollback", headers=bearer(admin)).json()["active"] is None
             back = http.post("/v1/chat/completions", headers=bearer(user),

@@ -26,7 +26,7 @@ def smollm2_server(smollm2_dir, tmp_path_factory):
     from serve.local_engine import LocalEngine
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("data"), model=str(smollm2_dir), temperature=0.0,
-                        max_tokens=48, ui=False)
+                        max_tokens=48, ui=False, judges="")
     with start_server(settings, LocalEngine(str(smollm2_dir))) as live:
         yield live
 
@@ -52,7 +52,10 @@ def test_smollm2_answers_a_medical_question(smollm2_server):
 def test_openai_client_parses_the_streamed_answer(smollm2_server):
     from openai import OpenAI
 
-    client = OpenAI(base_url=smollm2_server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    from feedback.accounts import Accounts
+
+    api_key = Accounts(smollm2_server.store).create("test", "clinic-app", "user")
+    client = OpenAI(base_url=smollm2_server.url + "/v1", api_key=api_key, max_retries=0, timeout=300)
     stream = client.chat.completions.create(
         model="SmolLM2-135M-Instruct", stream=True, max_tokens=32,
         messages=[{"role": "user", "content": "How much water should an adult drink each day?"}],
