@@ -49,14 +49,31 @@ def wait_for(condition, timeout=60, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def ask_on_the_chat_page(browser, server, question):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#question textarea"), what="the question box")[0]
+    box.send_keys(question)
+    browser.find_element(By.CSS_SELECTOR, "#send").click()
+
+
+def sign_in(browser, url, user, password):
+    """Gradio's sign-in form in front of the review and cycle pages."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the sign-in form")
+    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(user)
+    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
+    wait_for(lambda: browser.find_elements(By.XPATH, "//button[contains(., 'Login')]"), what="the login button")[0].click()
+
+
 def test_chat_then_thumbs_down_with_reason_lands_in_duckdb(browser, ui_server):
     from selenium.webdriver.common.by import By
 
     store = ui_server.store
-    browser.get(ui_server.url + "/")
-    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#question textarea"), what="the question box")[0]
-    box.send_keys("the patient has a fever, is ibuprofen safe?")
-    browser.find_element(By.CSS_SELECTOR, "#send").click()
+    ask_on_the_chat_page(browser, ui_server, "the patient has a fever, is ibuprofen safe?")
 
     answer = wait_for(
         lambda: store.read("SELECT * FROM messages WHERE role = 'assistant' AND status = 'complete'"),
@@ -90,10 +107,7 @@ def test_regenerate_stores_a_sibling(browser, ui_server):
     from selenium.webdriver.common.by import By
 
     store = ui_server.store
-    browser.get(ui_server.url + "/")
-    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#question textarea"), what="the question box")[0]
-    box.send_keys("how much water should a child drink?")
-    browser.find_element(By.CSS_SELECTOR, "#send").click()
+    ask_on_the_chat_page(browser, ui_server, "how much water should a child drink?")
     wait_for(lambda: store.read("SELECT id FROM messages WHERE role = 'assistant'"), what="the first answer")
     browser.find_element(By.CSS_SELECTOR, "#regenerate").click()
     answers = wait_for(lambda: (rows := store.read("SELECT parent_id, conversation_id FROM messages WHERE role = 'assistant'"))
@@ -120,18 +134,11 @@ def test_operator_reviews_in_the_browser(browser, ui_server):
         httpx.post(ui_server.url + "/api/feedback", json={"message_id": answer, "rating": "down"}, timeout=60)
     oldest_first = answers  # both thumbs-down: the older one comes first
 
-    def sign_in(user, password):
-        browser.get(ui_server.url + "/review/")
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the sign-in form")
-        browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(user)
-        browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys(password)
-        wait_for(lambda: browser.find_elements(By.XPATH, "//button[contains(., 'Login')]"), what="the login button")[0].click()
-
-    sign_in("pat", "a user password!")  # a chat user is not let in
+    sign_in(browser, ui_server.url + "/review/", "pat", "a user password!")  # a chat user is not let in
     time.sleep(2)
     assert not browser.find_elements(By.CSS_SELECTOR, "#verdict-refuse")
 
-    sign_in("olga", "correct horse battery")
+    sign_in(browser, ui_server.url + "/review/", "olga", "correct horse battery")
     header = lambda: browser.find_element(By.CSS_SELECTOR, "#review-header").text  # noqa: E731
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#review-header") and oldest_first[0] in header(),
              what="the first item")
@@ -165,11 +172,7 @@ def test_cycle_dashboard_shows_history_and_admins_trigger(browser, ui_server):
     registry.record_step("cyc-earlier", "gate", {"winner": "kto-earlier", "winner_method": "kto", "reasons": []})
     registry.finish_cycle("cyc-earlier", "promoted", {"decision": "promoted"})
 
-    browser.get(ui_server.url + "/cycles/")
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[type=password]"), what="the sign-in form")
-    browser.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys("ada")
-    browser.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("an admin password")
-    wait_for(lambda: browser.find_elements(By.XPATH, "//button[contains(., 'Login')]"), what="the login button")[0].click()
+    sign_in(browser, ui_server.url + "/cycles/", "ada", "an admin password")
     wait_for(lambda: "cyc-earlier" in browser.find_element(By.CSS_SELECTOR, "#cycles-table").text
              if browser.find_elements(By.CSS_SELECTOR, "#cycles-table") else False, what="the cycle history")
     assert "base model" in browser.find_element(By.CSS_SELECTOR, "#cycles-headline").text

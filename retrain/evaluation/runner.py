@@ -54,27 +54,15 @@ class EvaluationResult:
         return {"metadata": self.metadata, "metrics": self.metrics}
 
 
-def run_evaluation(
-    items: Sequence[BenchmarkItem],
-    answer_fn: AnswerFn,
-    judge: Judge,
-    out_dir: str | Path,
-    batch_size: int = 8,
-    resume: bool = True,
-    progress: ProgressFn | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    system_prompt: str | None = None,
-    judge_concurrency: int = 4,
-) -> EvaluationResult:
+def run_evaluation(*args: Any, **kwargs: Any) -> EvaluationResult:
     """Answer ``items`` in batches with ``answer_fn`` (conversations in, answers out; sync or
     async), label each answer with ``judge``, and score the labels against the items' harm
     levels. ``metadata`` (JSON-able: adapter, benchmark, split, model, generation settings)
     identifies the run and is copied into results.json. A failure in ``answer_fn`` or the judge
     (JudgeError) stops the run; rerunning with ``resume=True`` redoes only the unfinished
-    batches. For callers already inside an event loop, await ``evaluate`` instead."""
-    return asyncio.run(evaluate(
-        items, answer_fn, judge, out_dir, batch_size, resume, progress, metadata, system_prompt, judge_concurrency
-    ))
+    batches. Takes ``evaluate``'s arguments; callers already inside an event loop await
+    ``evaluate`` instead."""
+    return asyncio.run(evaluate(*args, **kwargs))
 
 
 async def evaluate(
