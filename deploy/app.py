@@ -182,7 +182,7 @@ async def _enforce_retention(settings: Settings, store: Store) -> None:
     while settings.retention_days:
         try:
             await asyncio.to_thread(purge_expired, store, "system:retention", settings.retention_days)
-        except CarecycleError as exc:
+        except Exception as exc:  # try again next hour; the loop must outlive one failure
             log.error("retention purge failed: %s", exc)
         await asyncio.sleep(3600)
 
@@ -192,22 +192,25 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
 
     from ui.chat_page import build_chat_page
     from ui.cycles_page import build_cycles_page
-    from ui.review_page import SHORTCUTS_JS, build_review_page, operator_sign_in
+    from ui.access import sign_in
+    from ui.review_page import SHORTCUTS_JS, build_review_page
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
         return RedirectResponse(UI_PATH + "/")
 
-    page = build_chat_page(services.chat_service, services.chat_record)
-    gr.mount_gradio_app(app, page, path=UI_PATH)
-    review = build_review_page(app.state.review_record, app.state.accounts)
-    gr.mount_gradio_app(app, review, path=REVIEW_PATH, auth=operator_sign_in(app.state.accounts), js=SHORTCUTS_JS,
+    accounts = app.state.accounts
+    page = build_chat_page(services.chat_service, services.chat_record, app.state.rate_limiter)
+    chat_auth = None if app.state.settings.anonymous_chat else sign_in(accounts, "user")
+    gr.mount_gradio_app(app, page, path=UI_PATH, auth=chat_auth, auth_message="carecycle — sign in to chat")
+    review = build_review_page(app.state.review_record, accounts)
+    gr.mount_gradio_app(app, review, path=REVIEW_PATH, auth=sign_in(accounts, "operator"), js=SHORTCUTS_JS,
                         auth_message="carecycle review — operators sign in with their password")
     cycle = services.cycle
     dashboard = build_cycles_page(
-        cycle.registry, app.state.accounts, lambda: services.engine.active_adapter,
+        cycle.registry, accounts, lambda: services.engine.active_adapter,
         trigger=lambda actor: f"cycle {cycle.trigger(f'ui:{actor}', actor)} started",
-        rollback=lambda actor: rollback(services.engine, cycle.registry, actor),
+        rollback=lambda actor: rollback(services.engine, cycle.registry, actor),  # the page runs it in a thread
     )
-    gr.mount_gradio_app(app, dashboard, path=CYCLES_PATH, auth=operator_sign_in(app.state.accounts),
+    gr.mount_gradio_app(app, dashboard, path=CYCLES_PATH, auth=sign_in(accounts, "operator"),
                         auth_message="carecycle cycles — operators and admins sign in")

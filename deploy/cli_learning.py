@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import typer
@@ -32,6 +33,7 @@ def retrain(
 ) -> None:
     """Run a realignment cycle now: snapshot → datasets → training (→ evaluation → gate → promotion)."""
     from deploy.app import build_services
+    from deploy.promotion import restore_active
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = Settings()
@@ -40,6 +42,7 @@ def retrain(
     except CarecycleError as exc:
         fail(f"{exc} (while `carecycle serve` runs, trigger a cycle with POST /api/admin/cycles)")
     try:
+        restore_active(services.engine, services.cycle.registry)  # candidates train and compare against it
         record = asyncio.run(services.cycle.run(f"cli:{CLI_ACTOR}", _methods(method), train_only=train_only))
     finally:
         services.close()
@@ -68,6 +71,7 @@ def export(
         build = build_datasets(snapshot.path)
         table = build.kto if kind == "kto" else build.dpo
         export_dataset(table, out, file_format, kind)
+        shutil.rmtree(snapshot.path)  # unscrubbed transcripts: only the scrubbed dataset stays
         store.write(lambda conn: audit(conn, CLI_ACTOR, "dataset.export", str(out), kind=kind, rows=table.num_rows,
                                        snapshot_id=snapshot.snapshot_id))
     typer.echo(f"wrote {table.num_rows} {kind.upper()} rows to {out} (snapshot {snapshot.snapshot_id})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import traceback
 import uuid
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from serve.judges.base import Judge
 from deploy.promotion import promote
 
 log = logging.getLogger("carecycle.cycle")
-ACTIVE = "active"
+ACTIVE_RUN = "active"  # the evaluation run of the adapter serving now
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class CycleConfig:
     sample_cap: int = 16
     system_prompt: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # passed to every TrainConfig
+    train_timeout_s: float | None = 6 * 3600  # a hung training run must not block every later cycle
 
 
 class CycleFailed(CarecycleError):
@@ -98,10 +100,6 @@ class Cycle:
         await self._run(cycle_id, methods or self.config.methods, train_only)
         return self.registry.cycle(cycle_id)
 
-    async def wait(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
     def _claim(self, trigger: str) -> str:
         if self.running is not None:
             raise ConflictError(f"cycle {self.running} is running; wait for it (GET /api/admin/cycles/{self.running})")
@@ -114,12 +112,12 @@ class Cycle:
     async def _run(self, cycle_id: str, methods: tuple[str, ...], train_only: bool = False) -> None:
         step = "start"
         loaded: list[str] = []
+        folder = self.data_dir / "cycles" / cycle_id
         try:
             step = "signal"
             if (signal := await self._check_signal(cycle_id)) is not None:
                 return self.registry.finish_cycle(cycle_id, "kept", signal)
             step = "snapshot"
-            folder = self.data_dir / "cycles" / cycle_id
             snapshot = await asyncio.to_thread(write_snapshot, self.store, folder / "snapshot")
             self.registry.record_step(cycle_id, step, {"snapshot_id": snapshot.snapshot_id, "rows": snapshot.row_counts})
             step = "datasets"
@@ -139,7 +137,10 @@ class Cycle:
                 "failed_step": step, "error": f"{type(exc).__name__}: {exc}",
                 "trace": traceback.format_exc(limit=3)})
         finally:
-            self._unload_losers(loaded)
+            # the snapshot holds unscrubbed transcripts: only the scrubbed datasets may outlive the
+            # cycle (a deletion request or the retention period must not miss a copy)
+            await asyncio.to_thread(shutil.rmtree, folder / "snapshot", True)
+            await asyncio.to_thread(self._unload_losers, loaded)
             self.running = None
 
     async def _check_signal(self, cycle_id: str) -> dict[str, Any] | None:
@@ -183,7 +184,7 @@ class Cycle:
                     log.info("training %s: step %s/%s loss %s", method, event.get("step"), event.get("total"),
                              event.get("loss"))
 
-            result = await asyncio.to_thread(run_training, config, progress)
+            result = await asyncio.to_thread(run_training, config, progress, self.config.train_timeout_s)
             figures[method] = {"status": result.status, "reason": result.reason, "rows": table.num_rows,
                                "final_loss": (result.manifest or {}).get("final_loss")}
             if result.status == "ok":
@@ -199,24 +200,24 @@ class Cycle:
         items = load_benchmark(self.config.benchmark, split=self.config.eval_split, limit=self.config.eval_limit)
         active = self.registry.with_status("active")
         metrics: dict[str, dict] = {}
-        for name, adapter in [(ACTIVE, active), *candidates.items()]:
+        for name, adapter in [(ACTIVE_RUN, active), *candidates.items()]:
             version = adapter["version"] if adapter else None
-            if name != ACTIVE:
-                self.engine.load_adapter(version, adapter["path"])
+            if name != ACTIVE_RUN:  # loading waits for the generation lock: off the event loop
+                await asyncio.to_thread(self.engine.load_adapter, version, adapter["path"])
                 loaded.append(version)
             result = await evaluate_adapter(
                 self.engine, version, items, self.judge, folder / "eval" / name,
                 max_new_tokens=self.config.eval_max_tokens, system_prompt=self.config.system_prompt,
-                metadata={"name": name if name != ACTIVE else f"active ({version or 'base'})", "cycle": cycle_id},
+                metadata={"name": name if name != ACTIVE_RUN else f"active ({version or 'base'})", "cycle": cycle_id},
             )
             metrics[name] = result.metrics
-            if name != ACTIVE:
+            if name != ACTIVE_RUN:
                 self.registry.set_metrics(version, result.metrics)
             self.registry.record_step(cycle_id, "evaluate", {n: m["overall"] for n, m in metrics.items()})
         return metrics
 
     async def _decide(self, cycle_id: str, candidates: dict[str, dict], metrics: dict[str, dict]) -> None:
-        decision = decide(metrics[ACTIVE], {v: metrics[v] for v in candidates}, self.config.gate)
+        decision = decide(metrics[ACTIVE_RUN], {v: metrics[v] for v in candidates}, self.config.gate)
         winner_method = candidates[decision.winner]["method"] if decision.winner else None
         outcome = {"winner": decision.winner, "winner_method": winner_method, "promote": decision.promote,
                    "reasons": decision.reasons}
@@ -228,7 +229,7 @@ class Cycle:
             return self.registry.finish_cycle(cycle_id, "kept", {**outcome, "decision": "kept"})
         if self.config.require_approval:
             return self.registry.finish_cycle(cycle_id, "awaiting_approval", {**outcome, "decision": "awaiting approval"})
-        promote(self.engine, self.registry, decision.winner, f"cycle:{cycle_id}")
+        await asyncio.to_thread(promote, self.engine, self.registry, decision.winner, f"cycle:{cycle_id}")
         self.registry.finish_cycle(cycle_id, "promoted", {**outcome, "decision": "promoted"})
 
     def _unload_losers(self, loaded: list[str]) -> None:

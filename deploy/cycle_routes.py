@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict
 
 from feedback.audit import audit
 from feedback.errors import ConflictError
-from feedback.registry_record import RegistryRecord
 from serve.dependencies import AdminUser
 from serve.errors import ERROR_RESPONSES
 
@@ -29,10 +28,6 @@ CycleDep = Annotated[Cycle, Depends(_cycle)]
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     approve: bool
-
-
-def _registry(cycle: Cycle) -> RegistryRecord:
-    return cycle.registry
 
 
 @router.get("/cycles")

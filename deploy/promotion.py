@@ -9,14 +9,16 @@ request). The previous version stays loaded for an instant rollback; older ones 
 from __future__ import annotations
 
 import logging
+import threading
 
-from feedback.errors import ConflictError
+from feedback.errors import CarecycleError, ConflictError
 from feedback.registry_record import RegistryRecord
 from retrain.training import verify_adapter
 from serve.engine import Engine
-from serve.errors import AdapterError
 
 log = logging.getLogger("carecycle.promotion")
+# one switch at a time: the registry and the engine must agree on what is active
+_switching = threading.Lock()
 
 
 def _ensure_loaded(engine: Engine, adapter: dict) -> None:
@@ -25,32 +27,37 @@ def _ensure_loaded(engine: Engine, adapter: dict) -> None:
         engine.load_adapter(adapter["version"], adapter["path"])
 
 
-def _unload_quietly(engine: Engine, version: str | None) -> None:
-    if version and version in engine.health().get("adapters", []):
+def _unload_quietly(engine: Engine, versions: list[str]) -> None:
+    """Free retired adapters; the switch has already happened, so a failure here is only logged
+    (the memory comes back at the next restart)."""
+    for version in versions:
         try:
-            engine.unload_adapter(version)
-        except AdapterError as exc:  # memory is reclaimed on the next restart anyway
+            if version in engine.health().get("adapters", []):
+                engine.unload_adapter(version)
+        except CarecycleError as exc:
             log.warning("could not unload %s: %s", version, exc)
 
 
 def promote(engine: Engine, registry: RegistryRecord, version: str, actor: str) -> dict:
-    adapter = registry.adapter(version)
-    if adapter["status"] not in ("candidate", "previous"):
-        raise ConflictError(f"adapter {version} is {adapter['status']}: only a candidate or the previous version "
-                            "can be promoted")
-    _ensure_loaded(engine, adapter)
-    changed = registry.make_active(actor, version, "promote")
-    engine.activate_adapter(version)
+    with _switching:
+        adapter = registry.adapter(version)
+        if adapter["status"] not in ("candidate", "previous", "retired"):
+            raise ConflictError(f"adapter {version} is {adapter['status']}: only a candidate, the previous or a "
+                                "retired version can be promoted")
+        _ensure_loaded(engine, adapter)
+        changed = registry.make_active(actor, version, "promote")
+        engine.activate_adapter(version)
     _unload_quietly(engine, changed["retired"])
     return changed
 
 
 def rollback(engine: Engine, registry: RegistryRecord, actor: str) -> dict:
-    target = registry.previous_for_rollback()
-    if target["version"] is not None:
-        _ensure_loaded(engine, target)
-    changed = registry.make_active(actor, target["version"], "rollback")
-    engine.activate_adapter(target["version"])
+    with _switching:
+        target = registry.previous_for_rollback()
+        if target["version"] is not None:
+            _ensure_loaded(engine, target)
+        changed = registry.make_active(actor, target["version"], "rollback")
+        engine.activate_adapter(target["version"])
     _unload_quietly(engine, changed["retired"])
     return changed
 

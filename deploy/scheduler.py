@@ -33,8 +33,3 @@ def start_scheduler(cycle: Cycle, settings: Settings):
     )
     scheduler.start()
     return scheduler
-
-
-def next_run(scheduler) -> str | None:
-    job = scheduler.get_job(JOB_ID) if scheduler else None
-    return job.next_run_time.isoformat() if job and job.next_run_time else None

@@ -98,8 +98,5 @@ class Accounts:
             return None
         return Account(rows[0]["id"], rows[0]["role"])
 
-    def any_admin(self) -> bool:
-        return bool(self.store.read("SELECT 1 FROM users WHERE role = 'admin' AND NOT disabled LIMIT 1"))
-
     def list(self) -> list[dict]:
         return self.store.read("SELECT id, role, disabled, created_at FROM users ORDER BY id")

@@ -68,24 +68,29 @@ class RegistryRecord:
                 row = conn.execute("SELECT status FROM adapters WHERE version = ?", [version]).fetchone()
                 if row is None:
                     raise NotFoundError(f"unknown adapter version {version!r}; `carecycle adapters list` shows them")
-                if row[0] in ("rejected", "retired") and action != "rollback":
-                    raise ConflictError(f"adapter {version} is {row[0]}; promote a candidate or a previous version")
+                if row[0] == "rejected":
+                    raise ConflictError(f"adapter {version} was rejected by the gate; it cannot become active")
                 if row[0] == "active":
                     raise ConflictError(f"adapter {version} is already active")
+            old_active, old_previous = statuses.get("active"), statuses.get("previous")
+            # a rolled-back adapter is retired, not kept as "previous": rolling back twice must not bring it back
+            demoted = "retired" if action == "rollback" else "previous"
             conn.execute("UPDATE adapters SET status = 'retired', updated_at = now() WHERE status = 'previous'"
                          " AND version IS DISTINCT FROM ?", [version])
-            conn.execute("UPDATE adapters SET status = 'previous', updated_at = now() WHERE status = 'active'")
+            conn.execute(f"UPDATE adapters SET status = '{demoted}', updated_at = now() WHERE status = 'active'")
             if version is not None:
                 conn.execute("UPDATE adapters SET status = 'active', updated_at = now() WHERE version = ?", [version])
-            audit(conn, actor, f"adapter.{action}", version or "base", replaced=statuses.get("active"))
-            return {"active": version, "previous": statuses.get("active"), "retired": statuses.get("previous")}
+            audit(conn, actor, f"adapter.{action}", version or "base", replaced=old_active)
+            retired = [v for v in (old_previous if old_previous != version else None,
+                                   old_active if demoted == "retired" else None) if v]
+            return {"active": version, "previous": old_active if demoted == "previous" else None, "retired": retired}
 
         return self.store.write(task)
 
     def previous_for_rollback(self) -> dict[str, Any]:
+        """The version a rollback returns to: the previous one, else the base model."""
         previous = self.with_status("previous")
-        active = self.with_status("active")
-        if previous is None and active is None:
+        if previous is None and self.with_status("active") is None:
             raise ConflictError("no previous version to roll back to: the base model is serving")
         return previous or {"version": None}
 
@@ -118,23 +123,24 @@ class RegistryRecord:
         return self.store.write(task)
 
     def cycles(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.store.read("SELECT * FROM cycles ORDER BY started_at DESC LIMIT ?", [limit])
-        for row in rows:
-            row["detail"] = json.loads(row["detail"]) if row["detail"] else {}
-        return rows
+        return [_decoded(row) for row in self.store.read("SELECT * FROM cycles ORDER BY started_at DESC LIMIT ?", [limit])]
 
     def cycle(self, cycle_id: str) -> dict[str, Any]:
         rows = self.store.read("SELECT * FROM cycles WHERE id = ?", [cycle_id])
         if not rows:
             raise NotFoundError(f"unknown cycle {cycle_id!r}")
-        rows[0]["detail"] = json.loads(rows[0]["detail"]) if rows[0]["detail"] else {}
-        return rows[0]
+        return _decoded(rows[0])
 
     def signal_since_last_cycle(self) -> int:
-        """New labelled signal (votes, judgments, verdicts) since the last cycle that trained."""
+        """New labelled signal (votes, judgments, verdicts) since the last cycle that trained
+        (a cycle skipped for too little signal does not reset the count)."""
         return self.store.read_one(
             """WITH since AS (SELECT coalesce(max(started_at), TIMESTAMPTZ '1970-01-01') AS t FROM cycles
-                              WHERE status IN ('promoted', 'kept', 'awaiting_approval'))
+                              WHERE json_exists(detail, '$.train'))
                SELECT (SELECT count(*) FROM feedback, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM judgments, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM reviews, since WHERE created_at > since.t)""")[0]
+
+
+def _decoded(cycle: dict[str, Any]) -> dict[str, Any]:
+    return {**cycle, "detail": json.loads(cycle["detail"]) if cycle["detail"] else {}}

@@ -6,6 +6,8 @@ deletion is traced to the adapters that were trained on the deleted messages.
 
 from __future__ import annotations
 
+import threading
+import uuid
 from dataclasses import dataclass
 
 import duckdb
@@ -14,6 +16,8 @@ from feedback.audit import audit
 from feedback.errors import NotFoundError
 from feedback.store import Store
 
+# one deletion at a time (a forget request and the hourly purge must not interleave their steps)
+_deleting = threading.Lock()
 # children before parents: the foreign keys point from these tables to messages
 _DEPENDENT_TABLES = ("feedback", "judgments", "reviews", "judge_attempts")
 
@@ -30,21 +34,40 @@ def _delete_conversations(store: Store, where_sql: str, params: list) -> ForgetR
     children must be gone (committed) before their parents go. Each step is idempotent: an
     interruption is finished by running the same deletion again."""
 
-    def children(conn: duckdb.DuckDBPyConnection) -> list[str]:
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE doomed AS SELECT id FROM conversations WHERE {where_sql}", params)
-        conn.execute("CREATE OR REPLACE TEMP TABLE doomed_messages AS"
-                     " SELECT id FROM messages WHERE conversation_id IN (SELECT id FROM doomed)")
-        for table in _DEPENDENT_TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT id FROM doomed_messages)")
+    doomed, doomed_messages = (f"{name}_{uuid.uuid4().hex[:8]}" for name in ("doomed", "doomed_messages"))
+
+    def select_and_delete_children(conn: duckdb.DuckDBPyConnection) -> list[str]:
+        conn.execute(f"CREATE TEMP TABLE {doomed} AS SELECT id FROM conversations WHERE {where_sql}", params)
+        conn.execute(f"CREATE TEMP TABLE {doomed_messages} AS"
+                     f" SELECT id FROM messages WHERE conversation_id IN (SELECT id FROM {doomed})")
+        delete_children(conn)
         return [row[0] for row in conn.execute(
             "SELECT DISTINCT adapter_version FROM adapter_provenance"
-            " WHERE message_id IN (SELECT id FROM doomed_messages) ORDER BY 1").fetchall()]
+            f" WHERE message_id IN (SELECT id FROM {doomed_messages}) ORDER BY 1").fetchall()]
 
-    adapters = store.write(children)
-    messages = store.write(lambda conn: conn.execute(
-        "DELETE FROM messages WHERE id IN (SELECT id FROM doomed_messages)").fetchone()[0])
-    conversations = store.write(lambda conn: conn.execute(
-        "DELETE FROM conversations WHERE id IN (SELECT id FROM doomed)").fetchone()[0])
+    def delete_children(conn: duckdb.DuckDBPyConnection) -> None:
+        for table in _DEPENDENT_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT id FROM {doomed_messages})")
+
+    def delete_messages(conn: duckdb.DuckDBPyConnection) -> int:
+        return conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM {doomed_messages})").fetchone()[0]
+
+    with _deleting:
+        try:
+            adapters = store.write(select_and_delete_children)
+            for attempt in range(3):
+                try:
+                    messages = store.write(delete_messages)
+                    break
+                except duckdb.ConstraintException:
+                    # a judgment or vote arrived between the steps: clear the children again
+                    if attempt == 2:
+                        raise
+                    store.write(delete_children)
+            conversations = store.write(lambda conn: conn.execute(
+                f"DELETE FROM conversations WHERE id IN (SELECT id FROM {doomed})").fetchone()[0])
+        finally:
+            store.write(lambda conn: conn.execute(f"DROP TABLE IF EXISTS {doomed}; DROP TABLE IF EXISTS {doomed_messages}"))
     return ForgetReport(conversations, messages, adapters)
 
 

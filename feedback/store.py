@@ -121,7 +121,8 @@ class Store:
         return self.submit(task).result()
 
     async def awrite(self, task: WriteTask[T]) -> T:
-        return await asyncio.wrap_future(self.submit(task))
+        # shielded: a caller cancelled mid-write (a client that left) must not cancel the write itself
+        return await asyncio.shield(asyncio.wrap_future(self.submit(task)))
 
     def _drain(self) -> None:
         conn = self._connection()

@@ -63,6 +63,7 @@ class ChatService:
         self.record = record
         self.policy = policy
         self.listeners: list[AnswerListener] = []
+        self._background: set[asyncio.Task] = set()  # stores still running after their client left
 
     # -- request checks --------------------------------------------------------------
     def _check(self, request: ChatCompletionRequest) -> None:
@@ -158,11 +159,16 @@ class ChatService:
             # the client went away: stop generating, keep what was said
             if chat.generation is not None:
                 chat.generation.cancelled.set()
-            asyncio.ensure_future(self._store(chat, "".join(parts), "client disconnected"))
+            task = asyncio.ensure_future(self._store(chat, "".join(parts), "client disconnected"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             raise
         except CarecycleError as exc:
             await self._store(chat, "".join(parts), str(exc))
             raise
+        except Exception as exc:  # an engine bug is still a failed answer, stored and reported as such
+            await self._store(chat, "".join(parts), f"{type(exc).__name__}: {exc}")
+            raise EngineUnavailableError(f"the engine failed while answering: {exc}") from exc
         await self._store(chat, "".join(parts), None)
 
     async def complete(self, chat: PreparedChat) -> ChatCompletionResponse:

@@ -72,10 +72,6 @@ class JudgingWorker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def idle(self) -> None:
-        """Wait until every queued job is done (tests and orderly shutdown)."""
-        await self._queue.join()
-
     async def _consume(self) -> None:
         while True:
             job = await self._queue.get()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,17 +91,18 @@ class LocalEngine(Engine):
         self._adapters_lock = threading.Lock()
         self._adapters: dict[str, str] = {}
         self._active: str | None = None
+        # answers in flight per adapter: an adapter is deleted only once none uses it any more
+        self._in_flight: Counter[str] = Counter()
+        self._unload_when_idle: set[str] = set()
 
     # -- generation ------------------------------------------------------------------
     def generate(self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = ACTIVE) -> Generation:
-        if adapter != ACTIVE and adapter is not None and adapter not in self._adapters:
-            raise AdapterError(f"adapter version {adapter!r} is not loaded")
         input_ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )["input_ids"]
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue = asyncio.Queue()
-        generation = Generation(deltas=self._drain(deltas), adapter_version=self._active if adapter == ACTIVE else adapter)
+        generation = Generation(deltas=self._drain(deltas), adapter_version=self._claim(adapter))
         generation.prompt_tokens = int(input_ids.shape[1])
         worker = threading.Thread(
             target=self._run,
@@ -136,9 +138,30 @@ class LocalEngine(Engine):
             generation.completion_tokens = int(new_tokens.shape[0])
             hit_eos = bool(new_tokens.numel()) and int(new_tokens[-1]) in self._eos_ids()
             generation.finish_reason = "length" if generation.completion_tokens >= params.max_tokens and not hit_eos else "stop"
-            loop.call_soon_threadsafe(deltas.put_nowait, _DONE)
+            outcome = _DONE
         except BaseException as exc:  # delivered to the awaiting request, never lost in a thread
-            loop.call_soon_threadsafe(deltas.put_nowait, exc)
+            outcome = exc
+        finally:
+            self._release(generation.adapter_version)  # before the answer ends: its adapter may go now
+        loop.call_soon_threadsafe(deltas.put_nowait, outcome)
+
+    def _claim(self, adapter: str | None) -> str | None:
+        """The adapter this request will use, counted as in flight until ``_release``."""
+        with self._adapters_lock:
+            version = self._active if adapter == ACTIVE else adapter
+            if version is not None and version not in self._adapters:
+                raise AdapterError(f"adapter version {version!r} is not loaded")
+            if version is not None:
+                self._in_flight[version] += 1
+            return version
+
+    def _release(self, version: str | None) -> None:
+        if version is None:
+            return
+        with self._adapters_lock:
+            self._in_flight[version] -= 1
+            if self._in_flight[version] == 0 and version in self._unload_when_idle:
+                self._delete(version)
 
     def _generate_with_adapter(self, adapter: str | None, input_ids, params: GenerationParams, streamer, stopping):
         import torch
@@ -210,17 +233,29 @@ class LocalEngine(Engine):
         with self._adapters_lock:
             if version is not None and version not in self._adapters:
                 raise AdapterError(f"adapter version {version!r} is not loaded; load it first")
+            self._unload_when_idle.discard(version)
             self._active = version
 
     def unload_adapter(self, version: str) -> None:
+        """Free an adapter; while answers still use it, it goes when the last one ends."""
         with self._adapters_lock:
             if version not in self._adapters:
                 raise AdapterError(f"adapter version {version!r} is not loaded")
             if version == self._active:
                 raise AdapterError(f"adapter version {version!r} is active; activate another one first")
-            with self._generate_lock:
-                self.model.delete_adapter(version)
-            del self._adapters[version]
+            if self._in_flight[version]:
+                self._unload_when_idle.add(version)
+            else:
+                self._delete(version)
+
+    def _delete(self, version: str) -> None:
+        """Callers hold the adapters lock."""
+        with self._generate_lock:
+            self.model.delete_adapter(version)
+            if len(self._adapters) == 1:  # the last one: peft would keep pointing at the deleted name
+                self.model = self.model.unload()
+        del self._adapters[version]
+        self._unload_when_idle.discard(version)
 
     def loaded_adapters(self) -> list[str]:
         return list(self._adapters)

@@ -142,12 +142,17 @@ def test_full_cycle_promotes_then_rolls_back_and_restores_on_restart(cycle_setti
             assert http.post("/api/admin/adapters/rollback", headers=bearer(admin)).json()["active"] is None
             back = http.post("/v1/chat/completions", headers=bearer(user),
                              json={"messages": [{"role": "user", "content": "hello"}]}).json()
-            assert back["adapter_version"] is None
+            assert back.get("adapter_version", back) is None
             second_rollback = http.post("/api/admin/adapters/rollback", headers=bearer(admin))
-            assert second_rollback.status_code == 200  # the winner is previous now: rolling back re-activates it
+            assert second_rollback.status_code == 409  # the rolled-back winner is retired, never brought back by it
+            assert "no previous version" in second_rollback.json()["error"]["message"]
+            rejected = next(v for v, a in adapters.items() if a["status"] == "rejected")
+            assert http.post(f"/api/admin/adapters/{rejected}/promote", headers=bearer(admin)).status_code == 409
             assert http.post("/api/admin/adapters/nope/promote", headers=bearer(admin)).status_code == 404
             actions = [r["action"] for r in http.get("/api/admin/audit", headers=bearer(admin)).json()["data"]]
             assert {"adapter.promote", "adapter.rollback", "cycle.trigger"} <= set(actions)
+
+            assert http.post(f"/api/admin/adapters/{winner}/promote", headers=bearer(admin)).status_code == 200
 
     # a restart serves the registry's active adapter again
     fresh = LocalEngine(str(tiny_model_dir), model_id="tiny")

@@ -92,3 +92,19 @@ def answer_with(engine, version, tokens):
         return "".join([delta async for delta in generation])
 
     return asyncio.run(run())
+
+
+def test_unloading_an_adapter_in_use_waits_for_its_answers(engine, random_adapter):
+    engine.load_adapter("v1", random_adapter)
+    engine.activate_adapter("v1")
+    expected = answer_with(engine, "v1", 20)
+
+    async def run():
+        generation = engine.generate(PROMPT, GenerationParams(max_tokens=20, temperature=0.0))
+        engine.activate_adapter(None)
+        engine.unload_adapter("v1")  # rolled back while the answer is under way
+        assert "v1" in engine.health()["adapters"]  # still there for the answer in flight
+        return generation.adapter_version, "".join([delta async for delta in generation])
+
+    assert asyncio.run(run()) == ("v1", expected)
+    assert engine.health()["adapters"] == []  # gone once its last answer ended

@@ -6,6 +6,7 @@ from typing import Any
 from feedback.chat_record import ChatRecord
 from feedback.errors import CarecycleError
 from serve.chat_service import ChatService
+from serve.rate_limit import RateLimiter
 from serve.protocol import ChatCompletionRequest, ChatMessage, ChatMetadata
 
 FEEDBACK_REASONS = ["", "unsafe or harmful", "refused a fair question", "wrong or misleading", "unhelpful", "other"]
@@ -21,11 +22,13 @@ def _text(content: Any) -> str:
 
 
 def _user_id(request) -> str:
-    # one browser session is one chat user until sign-in exists
+    """The signed-in account, or (anonymous chat) one user per browser session."""
+    if request is not None and request.username:
+        return request.username
     return f"ui-{request.session_hash}" if request is not None and request.session_hash else "ui-anonymous"
 
 
-def build_chat_page(service: ChatService, record: ChatRecord):
+def build_chat_page(service: ChatService, record: ChatRecord, limiter: RateLimiter):
     import gradio as gr
 
     async def answer(history, state, request: gr.Request, regenerate_of: str | None = None):
@@ -49,6 +52,11 @@ def build_chat_page(service: ChatService, record: ChatRecord):
         if not text or not text.strip():
             yield history, state, "Type a question first.", text
             return
+        try:
+            limiter.check("chat", _user_id(request))
+        except CarecycleError as exc:
+            yield history, state, str(exc), text
+            return
         history = list(history or []) + [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         async for updated, new_state, status in answer(history, state, request):
             yield updated, new_state, status, ""
@@ -70,6 +78,10 @@ def build_chat_page(service: ChatService, record: ChatRecord):
             return state, "Votes go on answers only."
         rating = "up" if data.liked in (True, "Like", "like") else "down"
         state = {**state, "last_vote": {"message_id": message_id, "rating": rating}}
+        try:
+            limiter.check("feedback", _user_id(request))
+        except CarecycleError as exc:
+            return state, str(exc)
         await record.vote(_user_id(request), message_id, rating, reason or None, comment or None)
         return state, "Thanks — recorded 👍" if rating == "up" else "Thanks — recorded 👎. Add a reason below if you like."
 

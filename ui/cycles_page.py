@@ -76,7 +76,7 @@ def build_cycles_page(registry: RegistryRecord, accounts: Accounts, engine_adapt
         async def on_trigger(request: gr.Request) -> str:  # async: the cycle starts on the server's loop
             return act(trigger, request)
 
-        async def on_rollback(request: gr.Request) -> str:
+        def on_rollback(request: gr.Request) -> str:  # sync: Gradio runs it off the event loop
             return act(rollback, request)
 
         trigger_button.click(on_trigger, None, status).then(refresh, None, shown)

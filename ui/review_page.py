@@ -36,13 +36,19 @@ def build_review_page(reviews: ReviewRecord, accounts: Accounts):
     import gradio as gr
 
     def operator_of(request: gr.Request) -> str:
-        return request.username  # Gradio's sign-in (operators and admins only) set it
+        """The signed-in operator, checked again on every action: a demoted or disabled
+        account loses access at once, not when its Gradio session ends."""
+        account = accounts.by_id(request.username) if request and request.username else None
+        if account is None or not account.has_role("operator"):
+            raise gr.Error("Your account may no longer review; sign in again.")
+        return account.id
 
     def load_next(request: gr.Request, skip: tuple = ()):
+        operator = operator_of(request)
         queue = [row for row in reviews.queue(limit=len(skip) + 1) if row["message_id"] not in skip]
         if not queue:
             return None, "Nothing left to review. 🎉", "", 0, "", ""
-        item = reviews.open_item(operator_of(request), queue[0]["message_id"])
+        item = reviews.open_item(operator, queue[0]["message_id"])
         harm = max((j["harm_level"] for j in item["judgments"] if j["harm_level"] is not None), default=0)
         state = {"message_id": item["answer"]["id"], "seen_review_id": item["reviews"][0]["id"] if item["reviews"] else None,
                  "skipped": list(skip)}
@@ -93,13 +99,3 @@ def _submitter(submit, label):
         return submit(label, state, harm, corrected, request)
 
     return handler
-
-
-def operator_sign_in(accounts: Accounts):
-    """Gradio's auth callable: only operators and admins with a password get in."""
-
-    def check(username: str, password: str) -> bool:
-        account = accounts.by_password(username, password)
-        return account is not None and account.has_role("operator")
-
-    return check

@@ -22,7 +22,11 @@ def answer_function(engine: Engine, adapter: str | None, max_new_tokens: int, co
     if hasattr(engine, "generate_batch"):
         return lambda conversations: engine.generate_batch(conversations, max_new_tokens, adapter=adapter)
     params = GenerationParams(max_tokens=max_new_tokens, temperature=0.0)
-    return lambda conversations: generate_many(engine, conversations, params, concurrency, adapter=adapter)
+
+    async def many(conversations):  # a coroutine function: the runner awaits it on its loop
+        return await generate_many(engine, conversations, params, concurrency, adapter=adapter)
+
+    return many
 
 
 async def evaluate_adapter(
