@@ -26,6 +26,7 @@ from feedback.store import Store
 from retrain.gate import GatePolicy
 from serve import admin_routes, chat_routes, review_routes
 from serve.body_limit import BodySizeLimit
+from serve.metrics import Metrics, MetricsMiddleware
 from serve.chat_service import ChatPolicy, ChatService, PreparedChat
 from serve.engine import Engine, GenerationParams, create_engine
 from serve.judges.base import Judge, create_judge
@@ -170,6 +171,8 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_exception_handler(CarecycleError, carecycle_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.state.metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (chat_routes, review_routes, admin_routes, cycle_routes):
         app.include_router(module.router)
     if settings.ui:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve.dependencies import ChatRecordDep, ChatServiceDep, CurrentUser, SignedInUser, rate_limited
 from serve.errors import ERROR_RESPONSES
@@ -55,3 +55,10 @@ async def my_conversation(conversation_id: str, record: ChatRecordDep, user: Sig
 async def healthz(request: Request, service: ChatServiceDep):
     engine = service.engine.health()
     return {"status": "ok", "engine": engine, "schema_version": request.app.state.store.schema_version()}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request, service: ChatServiceDep):
+    """Prometheus text format (counts and latencies only)."""
+    body = request.app.state.metrics.render(service.engine.active_adapter)
+    return Response(body, media_type="text/plain; version=0.0.4")

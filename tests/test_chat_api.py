@@ -169,3 +169,14 @@ def test_record_survives_a_restart(settings, tiny_engine):
     with start_server(settings, tiny_engine) as live:
         assert live.store.read("SELECT rating FROM current_feedback WHERE message_id = ?", [answer_id]) == [{"rating": "down"}]
         assert live.store.read("SELECT count(*) AS n FROM messages")[0]["n"] == 2
+
+
+def test_metrics_count_requests_by_route_without_ids(client):
+    answer = chat(client).json()["id"]
+    client.post("/api/feedback", json={"message_id": answer, "rating": "up"})
+    client.post("/api/feedback", json={"message_id": "msg-unknown", "rating": "up"})
+    text = client.get("/metrics").text
+    assert 'carecycle_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in text
+    assert 'carecycle_http_requests_total{method="POST",route="/api/feedback",status="404"} 1.0' in text
+    assert 'carecycle_active_adapter_info{version="base"} 1.0' in text
+    assert "msg-" not in text  # no ids (or text) leave through /metrics
