@@ -204,3 +204,29 @@ def test_an_interrupted_cycle_is_marked_on_restart(cycle_settings, tiny_engine):
         RegistryRecord(store).start_cycle("cyc-killed", "schedule")
     with start_server(cycle_settings, tiny_engine) as live:
         assert live.store.read("SELECT status FROM cycles WHERE id = 'cyc-killed'") == [{"status": "interrupted"}]
+
+
+def test_the_schedule_registers_one_nightly_job_in_its_time_zone(cycle_settings, tiny_engine):
+    from deploy.scheduler import JOB_ID
+
+    nightly = cycle_settings.model_copy(update={"cycle_enabled": True, "cycle_time": "03:15",
+                                                "cycle_timezone": "Europe/Berlin"})
+    with start_server(nightly, tiny_engine) as live:
+        job = live.app.state.scheduler.get_job(JOB_ID)
+        assert len(live.app.state.scheduler.get_jobs()) == 1
+        assert (job.next_run_time.hour, job.next_run_time.minute) == (3, 15)
+        assert str(job.next_run_time.tzinfo) == "Europe/Berlin"
+        assert job.max_instances == 1  # never two at once, also from the schedule
+
+
+def test_a_scheduled_run_during_a_manual_cycle_is_skipped_not_queued(cycle_settings, tiny_engine):
+    from deploy.scheduler import scheduled_cycle
+
+    with start_server(cycle_settings.model_copy(update={"cycle_min_signal": 1000}), tiny_engine) as live:
+        cycle = live.services.cycle
+        cycle.running = "cyc-manual"  # a cycle triggered by hand is under way
+        asyncio.run_coroutine_threadsafe(scheduled_cycle(cycle), live.server_loop).result(30)
+        assert live.store.read("SELECT count(*) AS n FROM cycles") == [{"n": 0}]
+        cycle.running = None
+        asyncio.run_coroutine_threadsafe(scheduled_cycle(cycle), live.server_loop).result(30)
+        assert live.store.read("SELECT trigger, status FROM cycles") == [{"trigger": "schedule", "status": "kept"}]
