@@ -219,8 +219,9 @@ class Cycle:
     async def _decide(self, cycle_id: str, candidates: dict[str, dict], metrics: dict[str, dict]) -> None:
         decision = decide(metrics[ACTIVE_RUN], {v: metrics[v] for v in candidates}, self.config.gate)
         winner_method = candidates[decision.winner]["method"] if decision.winner else None
+        active = self.registry.with_status("active")
         outcome = {"winner": decision.winner, "winner_method": winner_method, "promote": decision.promote,
-                   "reasons": decision.reasons}
+                   "reasons": decision.reasons, "compared_with": active["version"] if active else None}
         self.registry.record_step(cycle_id, "gate", outcome)
         for version in candidates:
             if version != decision.winner or not decision.promote:

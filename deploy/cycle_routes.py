@@ -53,6 +53,10 @@ def decide_cycle(cycle_id: str, body: Decision, cycle: CycleDep, admin: AdminUse
     if record["status"] != "awaiting_approval":
         raise ConflictError(f"cycle {cycle_id} is {record['status']}, not awaiting approval")
     winner = record["detail"]["gate"]["winner"]
+    active = cycle.registry.with_status("active")
+    if body.approve and (active["version"] if active else None) != record["detail"]["gate"].get("compared_with"):
+        raise ConflictError(f"the active adapter changed since cycle {cycle_id} compared {winner} with it; "
+                            "reject this one and run a new cycle")
     cycle.store.write(lambda conn: audit(conn, admin.id, "cycle.approve" if body.approve else "cycle.reject",
                                          cycle_id, winner=winner))
     if body.approve:

@@ -230,3 +230,25 @@ def test_a_scheduled_run_during_a_manual_cycle_is_skipped_not_queued(cycle_setti
         cycle.running = None
         asyncio.run_coroutine_threadsafe(scheduled_cycle(cycle), live.server_loop).result(30)
         assert live.store.read("SELECT trigger, status FROM cycles") == [{"trigger": "schedule", "status": "kept"}]
+
+
+def test_promotion_can_wait_for_an_admins_approval(cycle_settings, tiny_model_dir):
+    from serve.local_engine import LocalEngine
+
+    engine = LocalEngine(str(tiny_model_dir), model_id="tiny")
+    waiting = cycle_settings.model_copy(update={"cycle_require_approval": True, "cycle_methods": "kto"})
+    with start_server(waiting, engine) as live:
+        live.services.cycle._judge = ChangeJudge(IDEAL)
+        admin, user = accounts(live)
+        with httpx.Client(base_url=live.url, timeout=120) as http:
+            seed_traffic(http, admin, user)
+            cycle_id = http.post("/api/admin/cycles", headers=bearer(admin)).json()["cycle_id"]
+            record = wait_cycle(http, admin, cycle_id)
+            assert record["status"] == "awaiting_approval" and engine.active_adapter is None
+            decided = http.post(f"/api/admin/cycles/{cycle_id}/decision", headers=bearer(admin), json={"approve": True})
+            assert decided.status_code == 200 and decided.json()["status"] == "promoted"
+            assert engine.active_adapter == record["detail"]["gate"]["winner"]
+            again = http.post(f"/api/admin/cycles/{cycle_id}/decision", headers=bearer(admin), json={"approve": True})
+            assert again.status_code == 409
+        approvals = live.store.read("SELECT actor, target FROM audit_log WHERE action = 'cycle.approve'")
+        assert approvals == [{"actor": "ada", "target": cycle_id}]
