@@ -169,23 +169,20 @@ def show_adapter(version: str) -> None:
 @adapters_app.command("promote")
 def promote_adapter(version: str) -> None:
     """Make VERSION active (checksum verified); the server serves it from its next start."""
+    from deploy.promotion import promote
     from feedback.registry_record import RegistryRecord
-    from retrain.training import verify_adapter
 
     with open_record() as store:
-        registry = RegistryRecord(store)
-        verify_adapter(registry.adapter(version)["path"])
-        changed = registry.make_active(CLI_ACTOR, version, "promote")
+        changed = promote(None, RegistryRecord(store), version, CLI_ACTOR)
     typer.echo(json.dumps(changed))
 
 
 @adapters_app.command("rollback")
 def rollback_adapter() -> None:
     """Make the previous version active again (the base model if there is none)."""
+    from deploy.promotion import rollback
     from feedback.registry_record import RegistryRecord
 
     with open_record() as store:
-        registry = RegistryRecord(store)
-        target = registry.previous_for_rollback()
-        changed = registry.make_active(CLI_ACTOR, target["version"], "rollback")
+        changed = rollback(None, RegistryRecord(store), CLI_ACTOR)
     typer.echo(json.dumps(changed))

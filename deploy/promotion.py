@@ -21,16 +21,21 @@ log = logging.getLogger("carecycle.promotion")
 _switching = threading.Lock()
 
 
-def _ensure_loaded(engine: Engine, adapter: dict) -> None:
+def _ensure_loaded(engine: Engine | None, adapter: dict) -> None:
     verify_adapter(adapter["path"])  # the files still match the checksum they were registered with
-    if adapter["version"] not in engine.health().get("adapters", []):
+    if engine is not None and adapter["version"] not in engine.health().get("adapters", []):
         engine.load_adapter(adapter["version"], adapter["path"])
 
 
-def _unload_quietly(engine: Engine, versions: list[str]) -> None:
+def _activate(engine: Engine | None, version: str | None) -> None:
+    if engine is not None:
+        engine.activate_adapter(version)
+
+
+def _unload_quietly(engine: Engine | None, versions: list[str]) -> None:
     """Free retired adapters; the switch has already happened, so a failure here is only logged
     (the memory comes back at the next restart)."""
-    for version in versions:
+    for version in versions if engine is not None else []:
         try:
             if version in engine.health().get("adapters", []):
                 engine.unload_adapter(version)
@@ -38,7 +43,9 @@ def _unload_quietly(engine: Engine, versions: list[str]) -> None:
             log.warning("could not unload %s: %s", version, exc)
 
 
-def promote(engine: Engine, registry: RegistryRecord, version: str, actor: str) -> dict:
+def promote(engine: Engine | None, registry: RegistryRecord, version: str, actor: str) -> dict:
+    """``engine`` None changes the registry only (the CLI, while the server is stopped: it
+    serves the registry's active adapter when it starts)."""
     with _switching:
         adapter = registry.adapter(version)
         if adapter["status"] not in ("candidate", "previous", "retired"):
@@ -46,18 +53,18 @@ def promote(engine: Engine, registry: RegistryRecord, version: str, actor: str) 
                                 "retired version can be promoted")
         _ensure_loaded(engine, adapter)
         changed = registry.make_active(actor, version, "promote")
-        engine.activate_adapter(version)
+        _activate(engine, version)
     _unload_quietly(engine, changed["retired"])
     return changed
 
 
-def rollback(engine: Engine, registry: RegistryRecord, actor: str) -> dict:
+def rollback(engine: Engine | None, registry: RegistryRecord, actor: str) -> dict:
     with _switching:
         target = registry.previous_for_rollback()
         if target["version"] is not None:
             _ensure_loaded(engine, target)
         changed = registry.make_active(actor, target["version"], "rollback")
-        engine.activate_adapter(target["version"])
+        _activate(engine, target["version"])
     _unload_quietly(engine, changed["retired"])
     return changed
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from importlib import resources
+from importlib.abc import Traversable
 
 
 class Label(str, Enum):
@@ -29,6 +31,12 @@ PRINCIPLES = (
     "AI / technology safety boundaries",
     "community & public health",
 )
+
+def safety_set_file() -> Traversable:
+    """The project's own labelled set in CARES columns plus answer, label and split (it trains
+    the finetuned judge and is the carecycle-safety benchmark)."""
+    return resources.files("serve") / "data" / "carecycle_safety.jsonl"
+
 
 # SAFETY_SCORE[harm_level][label]: the CARES table, cell by cell
 SAFETY_SCORE: dict[int, dict[Label, float]] = {

@@ -35,7 +35,7 @@ RateLimiterDep = Annotated[RateLimiter, Depends(_state("rate_limiter"))]
 
 
 def _signed_in(
-    request: Request, accounts: AccountsDep,
+    accounts: AccountsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Account | None:
     if credentials is None:

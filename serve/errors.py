@@ -91,15 +91,11 @@ async def carecycle_error_handler(_: Request, exc: CarecycleError) -> JSONRespon
 
 async def validation_error_handler(_: Request, exc: RequestValidationError) -> JSONResponse:
     """422 in the same shape as every other error, naming each offending field."""
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"] if part != "body")
-        problems.append(f"{where or 'body'}: {err['msg']}")
-    first_loc = ".".join(str(p) for p in exc.errors()[0]["loc"] if p != "body") if exc.errors() else None
+    fields = [(".".join(str(part) for part in err["loc"] if part != "body"), err["msg"]) for err in exc.errors()]
     detail = ErrorDetail(
-        message="invalid request — " + "; ".join(problems),
+        message="invalid request — " + "; ".join(f"{where or 'body'}: {msg}" for where, msg in fields),
         type="invalid_request_error",
-        param=first_loc or None,
+        param=(fields[0][0] or None) if fields else None,
         code=422,
     )
     return error_response(422, ErrorResponse(error=detail))

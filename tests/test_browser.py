@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -37,16 +37,6 @@ def browser(tmp_path):
 def ui_server(settings, tiny_engine):
     with start_server(settings.model_copy(update={"ui": True}), tiny_engine) as live:
         yield live
-
-
-def wait_for(condition, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ask_on_the_chat_page(browser, server, question):

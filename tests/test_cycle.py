@@ -3,7 +3,6 @@ KTO and DPO candidates → evaluation → gate → promotion → rollback → re
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 from retrain.evaluation.benchmark import load_benchmark
 from serve.cares import Label
 from serve.judges.base import Judge, Judgment
-from tests.conftest import start_server
+from tests.conftest import start_server, wait_for
 from tests.test_chat_api import bearer
 
 TRAIN = {"max_steps": 4, "learning_rate": 5e-2, "per_device_train_batch_size": 2, "lora_r": 4, "lora_alpha": 8,
@@ -73,13 +72,11 @@ def seed_traffic(http, admin_key, user_key):
 
 
 def wait_cycle(http, admin_key, cycle_id, timeout=600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished():
         record = http.get(f"/api/admin/cycles/{cycle_id}", headers=bearer(admin_key)).json()
-        if record["status"] != "running":
-            return record
-        time.sleep(1)
-    raise AssertionError(f"cycle {cycle_id} did not finish")
+        return record if record["status"] != "running" else None
+
+    return wait_for(finished, timeout, what=f"cycle {cycle_id} to finish")
 
 
 def accounts(live):

@@ -9,7 +9,7 @@ import pytest
 from serve.cares import Label, SAFETY_SCORE, over_refusal, parse_harm_level, parse_label, safety_score, unsafe_compliance
 from serve.judges.base import Judge, JudgeError, Judgment
 from serve.judges.prompting import judge_messages, parse_judge_reply
-from tests.conftest import free_port, start_server
+from tests.conftest import free_port, start_server, wait_for
 from tests.test_chat_api import QUESTION, chat
 
 
@@ -103,13 +103,8 @@ class BrokenJudge(Judge):
         raise RuntimeError("judge crashed")
 
 
-def wait_for_rows(store, sql, params, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if rows := store.read(sql, params):
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"no rows for {sql}")
+def wait_for_rows(store, sql, params):
+    return wait_for(lambda: store.read(sql, params), timeout=30, what=sql)
 
 
 def test_live_judging_never_delays_the_chat(settings, tiny_engine):

@@ -34,15 +34,9 @@ TABLES: dict[str, str] = {
     # the current vote of each user on each message
     "feedback": "SELECT * FROM current_feedback",
     # the latest judgment of each judge on each message (raw output left behind)
-    "judgments": (
-        "SELECT * EXCLUDE (raw_output) FROM judgments"
-        " QUALIFY row_number() OVER (PARTITION BY message_id, judge ORDER BY created_at DESC, id DESC) = 1"
-    ),
+    "judgments": "SELECT * EXCLUDE (raw_output) FROM latest_judgments",
     # the latest operator review of each message
-    "reviews": (
-        "SELECT * FROM reviews"
-        " QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY created_at DESC, id DESC) = 1"
-    ),
+    "reviews": "SELECT * FROM latest_reviews",
 }
 
 

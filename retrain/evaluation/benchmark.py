@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import CarecycleError
-from serve.cares import HARM_LEVELS, METHODS, PRINCIPLES
+from serve.cares import HARM_LEVELS, METHODS, PRINCIPLES, safety_set_file
 
 COLUMNS = ("principle_index", "generation_model", "harmful_level", "method", "base_prompt", "prompt")
 OWN_BENCHMARK = "carecycle-safety"
@@ -76,9 +76,9 @@ def _local_path(name_or_path: str | Path) -> Path:
 
 # -- reading -------------------------------------------------------------------------------
 def _read_own_file() -> list[dict[str, Any]]:
-    from importlib.resources import as_file, files
+    from importlib.resources import as_file
 
-    with as_file(files("serve") / "data" / "carecycle_safety.jsonl") as path:
+    with as_file(safety_set_file()) as path:
         return _read_local(path)
 
 

@@ -22,11 +22,10 @@ import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from serve.cares import HARM_LEVELS, Label
+from serve.cares import HARM_LEVELS, Label, safety_set_file
 from serve.judges.agreement import classification_metrics
 from serve.judges.base import Judge, JudgeError, Judgment
 
@@ -107,7 +106,7 @@ def default_encoder() -> Encoder:
 
 def load_training_rows(split: str) -> list[dict]:
     """Rows of the project's labelled set (serve/data/carecycle_safety.jsonl) in ``split``."""
-    text = (resources.files("serve") / "data" / "carecycle_safety.jsonl").read_text(encoding="utf-8")
+    text = safety_set_file().read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [row for row in rows if row["split"] == split]
 
