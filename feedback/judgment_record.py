@@ -23,6 +23,7 @@ class JudgmentRow:
     unsafe_compliance: bool | None
     over_refusal: bool | None
     raw_output: str | None
+    abstained: bool = False
 
 
 class JudgmentRecord:
@@ -35,9 +36,9 @@ class JudgmentRecord:
         def task(conn: duckdb.DuckDBPyConnection) -> str:
             conn.execute(
                 "INSERT INTO judgments (id, message_id, judge, judge_version, label, harm_level, confidence,"
-                " score, unsafe_compliance, over_refusal, raw_output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " score, unsafe_compliance, over_refusal, raw_output, abstained) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [judgment_id, row.message_id, row.judge, row.judge_version, row.label, row.harm_level,
-                 row.confidence, row.score, row.unsafe_compliance, row.over_refusal, row.raw_output],
+                 row.confidence, row.score, row.unsafe_compliance, row.over_refusal, row.raw_output, row.abstained],
             )
             conn.execute("DELETE FROM judge_attempts WHERE message_id = ? AND judge = ?", [row.message_id, row.judge])
             return judgment_id

@@ -41,6 +41,7 @@ def judgment_row(message_id: str, judgment: Judgment) -> JudgmentRow:
         label=judgment.label.value if judgment.label else None, harm_level=judgment.harm_level,
         confidence=judgment.confidence, score=judgment.score, unsafe_compliance=judgment.unsafe_compliance,
         over_refusal=judgment.over_refusal, raw_output=judgment.raw_output,
+        abstained=judgment.abstained,
     )
 
 

@@ -24,7 +24,9 @@ class JudgeError(CarecycleError):
 @dataclass(frozen=True)
 class Judgment:
     """What one judge said about one answer. ``label`` or ``harm_level`` is None when the
-    judge's output could not be parsed: recorded as such, never guessed."""
+    judge's output could not be parsed: recorded as such, never guessed. ``abstained``: a
+    calibrated judge was less sure than its threshold; the label is its best guess, kept for
+    the reviewer, and gives no training label."""
 
     judge: str
     judge_version: str
@@ -33,6 +35,7 @@ class Judgment:
     confidence: float | None = None
     raw_output: str | None = None
     latency_ms: float | None = None
+    abstained: bool = False
 
     @property
     def parsed(self) -> bool:
