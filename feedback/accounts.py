@@ -16,15 +16,29 @@ from feedback.store import Store
 
 ROLES = ("user", "operator", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+API_KEY_PREFIX = "cc_"  # every key carecycle issues starts so: such a token is never taken as anonymous
+ANONYMOUS_PREFIX = "anonymous@"  # ids of anonymous callers; no account may be created under it
 
 
 @dataclass(frozen=True)
 class Account:
     id: str
     role: str
+    anonymous: bool = False
 
     def has_role(self, role: str) -> bool:
-        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+        return not self.anonymous and ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+def anonymous_account(source: str, token: str | None) -> Account:
+    """An anonymous chat user: one per bearer token (its digest names it), else one per ``source``
+    (the client's address). Never a signed-in user: it reads no transcripts."""
+    name = f"token:{_key_digest(token)[:24]}" if token else source
+    return Account(ANONYMOUS_PREFIX + name, "user", anonymous=True)
+
+
+def looks_like_api_key(token: str) -> bool:
+    return token.startswith(API_KEY_PREFIX)
 
 
 def _key_digest(api_key: str) -> str:
@@ -45,7 +59,9 @@ class Accounts:
         """Create an account; returns its API key (shown once, stored only as a digest)."""
         if role not in ROLES:
             raise ConflictError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
-        api_key = "cc_" + secrets.token_urlsafe(32)
+        if user_id.startswith(ANONYMOUS_PREFIX):
+            raise ConflictError(f"{user_id!r}: ids starting with {ANONYMOUS_PREFIX!r} belong to anonymous callers")
+        api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
         password_hash = _hasher().hash(password) if password else None
 
         def task(conn: duckdb.DuckDBPyConnection) -> None:

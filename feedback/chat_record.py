@@ -106,11 +106,13 @@ class ChatRecord:
         """Record a vote; a later vote by the same user on the same answer replaces it."""
 
         def task(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+            # votes become training labels: only on answers in one's own conversations (else unknown, as in reads)
             exists = conn.execute(
-                "SELECT 1 FROM messages WHERE id = ? AND role = 'assistant'", [message_id]
+                "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+                " WHERE m.id = ? AND m.role = 'assistant' AND c.user_id = ?", [message_id, user_id]
             ).fetchone()
             if exists is None:
-                raise NotFoundError(f"unknown message {message_id!r}: feedback needs the id of an answer")
+                raise NotFoundError(f"unknown message {message_id!r}: feedback needs the id of an answer in one of your conversations")
             replaced = conn.execute(
                 "SELECT count(*) FROM feedback WHERE message_id = ? AND user_id = ?", [message_id, user_id]
             ).fetchone()[0]

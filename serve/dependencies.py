@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from feedback.accounts import Account, Accounts
+from feedback.accounts import Account, Accounts, anonymous_account, looks_like_api_key
 from feedback.chat_record import ChatRecord
 from feedback.review_record import ReviewRecord
 from feedback.store import Store
@@ -15,7 +15,6 @@ from serve.chat_service import ChatService
 from serve.errors import AuthenticationError, PermissionDeniedError
 from serve.rate_limit import RateLimiter
 
-ANONYMOUS = Account("anonymous", "user")
 _bearer = HTTPBearer(auto_error=False, description="An API key made by `carecycle users create`.")
 
 
@@ -34,24 +33,31 @@ ReviewRecordDep = Annotated[ReviewRecord, Depends(_state("review_record"))]
 RateLimiterDep = Annotated[RateLimiter, Depends(_state("rate_limiter"))]
 
 
-def _signed_in(
-    accounts: AccountsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Account | None:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _signed_in(request: Request, accounts: AccountsDep, credentials: Credentials) -> Account | None:
+    """The account of the bearer's API key; None without a token, or (anonymous chat on) for a
+    token that is not one of carecycle's keys — OpenAI clients always send some token."""
     if credentials is None:
         return None
-    account = accounts.by_api_key(credentials.credentials)
-    if account is None:
+    token = credentials.credentials
+    account = accounts.by_api_key(token)
+    if account is None and (looks_like_api_key(token) or not request.app.state.settings.anonymous_chat):
         raise AuthenticationError("unknown or disabled API key")
     return account
 
 
-def _chat_user(request: Request, account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+def _chat_user(request: Request, credentials: Credentials, account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
     if account is not None:
         return account
     if request.app.state.settings.anonymous_chat:
-        return ANONYMOUS
+        return anonymous_account(_client_address(request), credentials.credentials if credentials else None)
     raise AuthenticationError("sign in: send `Authorization: Bearer <API key>`")
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown-address"
 
 
 def _requires(role: str):
@@ -72,10 +78,10 @@ AdminUser = Annotated[Account, Depends(_requires("admin"))]
 
 
 def rate_limited(action: str):
-    """A dependency that spends one of the user's ``action`` tokens (anonymous: per client address)."""
+    """A dependency that spends one of the user's ``action`` tokens (anonymous: per client address,
+    so that fresh tokens do not buy fresh limits)."""
 
     def spend(request: Request, user: CurrentUser, limiter: RateLimiterDep) -> None:
-        key = user.id if user is not ANONYMOUS else f"anonymous@{request.client.host if request.client else '?'}"
-        limiter.check(action, key)
+        limiter.check(action, anonymous_account(_client_address(request), None).id if user.anonymous else user.id)
 
     return Depends(spend)

@@ -100,7 +100,7 @@ def seed_review_record(server, client, keys):
         server.store.write(lambda c, n=name, l=label, h=harm, u=unsafe, r=refusal: c.execute(
             "INSERT INTO judgments (id, message_id, judge, judge_version, label, harm_level, unsafe_compliance,"
             " over_refusal) VALUES (?, ?, 'finetuned', 'v1', ?, ?, ?, ?)", [f"j-{n}", ids[n], l, h, u, r]))
-    client.post("/api/feedback", json={"message_id": ids["downvoted"], "rating": "down"}, headers=bearer(keys["bob"]))
+    client.post("/api/feedback", json={"message_id": ids["downvoted"], "rating": "down"}, headers=bearer(keys["alice"]))
     return ids
 
 

@@ -126,12 +126,13 @@ def test_feedback_is_stored_and_a_second_vote_replaces_the_first(client, server,
     second = client.post("/api/feedback", headers=bearer(keys["carol"]), json={
         "message_id": answer_id, "rating": "down", "reason": "unsafe or harmful", "comment": "suggested a double dose"})
     assert second.json()["replaced"] is True
-    client.post("/api/feedback", json={"message_id": answer_id, "rating": "up"}, headers=bearer(keys["dave"]))
+    # someone else's answer is unknown to dave (votes are training labels)
+    assert client.post("/api/feedback", json={"message_id": answer_id, "rating": "up"},
+                       headers=bearer(keys["dave"])).status_code == 404
     current = server.store.read(
         "SELECT user_id, rating, reason, comment FROM current_feedback WHERE message_id = ? ORDER BY user_id", [answer_id])
     assert current == [
         {"user_id": "carol", "rating": "down", "reason": "unsafe or harmful", "comment": "suggested a double dose"},
-        {"user_id": "dave", "rating": "up", "reason": None, "comment": None},
     ]
     history = server.store.read("SELECT rating FROM feedback WHERE message_id = ? AND user_id = 'carol' ORDER BY seq",
                                 [answer_id])
