@@ -124,7 +124,8 @@ def build_engine(settings: Settings) -> Engine:
 
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     """Open the record, load the engine and the judges; raises CarecycleError with a message to act on."""
-    store = Store(settings.record_path).open()  # first: a locked record fails in a second, not after a model load
+    # first: a locked record fails in a second, not after a model load
+    store = Store(settings.record_path, max_queued=settings.write_queue_limit).open()
     try:
         engine = engine or build_engine(settings)
         record = ChatRecord(store)

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     rate_limit_chat: int = Field(30, ge=0, description="Chat requests per user per minute (0: unlimited).")
     rate_limit_feedback: int = Field(60, ge=0, description="Votes per user per minute (0: unlimited).")
     max_request_bytes: int = Field(256_000, ge=1024, description="Largest request body accepted, in bytes.")
+    write_queue_limit: int = Field(
+        10_000, ge=1, description="Writes that may wait for the record's writer; past this, writes answer 503."
+    )
     retention_days: int | None = Field(
         None, ge=1, description="Delete conversations whose last message is older than this (unset: keep)."
     )

@@ -15,3 +15,11 @@ class ConflictError(CarecycleError):
 
 class StoreError(CarecycleError):
     """The record cannot be opened or written."""
+
+
+class StoreBusyError(StoreError):
+    """The writer's queue is full: the write was not queued; the caller may retry after a pause."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -2,8 +2,17 @@
 
 DuckDB lets a single process open a file read-write and locks everyone else out, so the
 server process owns it through this store. Writes are serialised on one writer thread that
-drains a queue of ``fn(connection)`` tasks, each in its own transaction; reads use cursors
-of the same connection from any thread.
+drains a bounded queue of ``fn(connection)`` tasks; reads use cursors of the same connection
+from any thread.
+
+Group commit: the writer takes what is queued (up to ``max_batch`` tasks, waiting at most
+``batch_wait_s`` for more) and runs it in one transaction, so one commit pays for many
+writes. The outcome is what running the tasks one by one in queue order would give: DuckDB
+has no savepoints, so when a task raises, the transaction is rolled back, that task alone
+fails, and the rest of the batch runs again without it (so a task may run more than once:
+it does database work only). A caller learns its result only
+after the commit: acknowledged still means committed. A full queue refuses at once
+(``StoreBusyError``) instead of growing without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import concurrent.futures
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -20,10 +30,11 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from feedback.errors import StoreError
+from feedback.errors import StoreBusyError, StoreError
 
 T = TypeVar("T")
 WriteTask = Callable[[duckdb.DuckDBPyConnection], T]
+QueuedWrite = tuple[WriteTask, concurrent.futures.Future]
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -48,10 +59,12 @@ def rows_as_dicts(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 class Store:
     """Owner of the record's single read-write connection."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, max_queued: int = 10_000, max_batch: int = 256, batch_wait_s: float = 0.001):
         self.path = Path(path)
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self._conn: duckdb.DuckDBPyConnection | None = None
-        self._tasks: queue.Queue = queue.Queue()
+        self._tasks: queue.Queue = queue.Queue(maxsize=max_queued)
         self._writer: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -110,11 +123,17 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------
     def submit(self, task: WriteTask[T]) -> concurrent.futures.Future[T]:
-        """Queue a write; it runs on the writer thread inside one transaction."""
+        """Queue a write; it runs on the writer thread and its future resolves once committed."""
         if self._writer is None:
             raise StoreError(f"the record at {self.path} is not open")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._tasks.put((task, future))
+        try:
+            self._tasks.put_nowait((task, future))
+        except queue.Full:
+            raise StoreBusyError(
+                f"the record at {self.path} has {self._tasks.maxsize} writes waiting; try again shortly",
+                retry_after_s=1.0,
+            ) from None
         return future
 
     def write(self, task: WriteTask[T]) -> T:
@@ -126,22 +145,58 @@ class Store:
 
     def _drain(self) -> None:
         conn = self._connection()
-        while (item := self._tasks.get()) is not None:
-            task, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
+        closing = False
+        while not closing:
+            batch, closing = self._next_batch()
+            self._commit_batch(conn, [(t, f) for t, f in batch if f.set_running_or_notify_cancel()])
+
+    def _next_batch(self) -> tuple[list[QueuedWrite], bool]:
+        """Block for one task, then take what else is queued: up to max_batch, waiting at most
+        batch_wait_s. True as second value once close() asked the writer to stop."""
+        batch: list[QueuedWrite] = []
+        item = self._tasks.get()
+        deadline = time.monotonic() + self.batch_wait_s
+        while item is not None:
+            batch.append(item)
+            if len(batch) >= self.max_batch:
+                return batch, False
+            try:
+                item = self._tasks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _commit_batch(self, conn: duckdb.DuckDBPyConnection, batch: list[QueuedWrite]) -> None:
+        """Run ``batch`` in one transaction; a task that raises fails alone and the others run again."""
+        while batch:
+            results: list[Any] = []
             try:
                 conn.execute("BEGIN TRANSACTION")
-                result = task(conn)
-                conn.execute("COMMIT")
+                for task, future in batch:
+                    results.append(task(conn))
             except BaseException as exc:  # the task's error goes to its caller, not the thread
-                try:
-                    conn.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
-                future.set_exception(exc)
-            else:
+                _rollback(conn)
+                batch[len(results)][1].set_exception(exc)
+                del batch[len(results)]
+                continue
+            try:
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                _rollback(conn)
+                self._commit_alone(conn, batch, exc)
+                return
+            for (_, future), result in zip(batch, results):
                 future.set_result(result)
+            return
+
+    def _commit_alone(self, conn: duckdb.DuckDBPyConnection, batch: list[QueuedWrite], exc: BaseException) -> None:
+        """A batch whose COMMIT failed: each task once more in its own transaction, so the
+        failure reaches only the callers it belongs to."""
+        if len(batch) == 1:
+            batch[0][1].set_exception(exc)
+            return
+        for item in batch:
+            self._commit_batch(conn, [item])
 
     # -- reads -----------------------------------------------------------------------
     def read(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
@@ -162,3 +217,10 @@ class Store:
         if self._conn is None:
             raise StoreError(f"the record at {self.path} is not open")
         return self._conn
+
+
+def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.Error:  # nothing to roll back: BEGIN itself failed
+        pass

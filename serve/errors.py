@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from feedback.errors import CarecycleError, ConflictError, NotFoundError, StoreError
+from feedback.errors import CarecycleError, ConflictError, NotFoundError, StoreBusyError, StoreError
 from serve.protocol import ErrorDetail, ErrorResponse
 
 
@@ -80,7 +80,7 @@ def error_response(status: int, body: ErrorResponse, headers: dict[str, str] | N
 def _error_headers(exc: CarecycleError) -> dict[str, str] | None:
     if isinstance(exc, AuthenticationError):
         return {"WWW-Authenticate": "Bearer"}
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, (RateLimitedError, StoreBusyError)):
         return {"Retry-After": str(max(1, round(exc.retry_after_s)))}
     return None
 

@@ -43,3 +43,94 @@ def test_closed_store_refuses_writes(tmp_path):
     store = Store(tmp_path / "rec.duckdb")
     with pytest.raises(StoreError, match="not open"):
         store.write(lambda c: None)
+
+
+def _insert_conversation(conversation_id: str):
+    def task(conn):
+        conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, 'u1')", [conversation_id])
+        return conversation_id
+
+    return task
+
+
+def _blocked_writer(store):
+    """Hold the writer thread inside a task until the returned event is set, so that what is
+    queued meanwhile is committed as one batch."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    store.submit(lambda conn: (started.set(), release.wait(30)))
+    assert started.wait(30)
+    return release
+
+
+def test_concurrent_writes_are_each_acknowledged_once_and_all_stored(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Store(tmp_path / "rec.duckdb", max_batch=16) as store:
+        release = _blocked_writer(store)
+        futures = [store.submit(_insert_conversation(f"c{i}")) for i in range(100)]  # queued while the writer waits
+        release.set()
+        assert [f.result(timeout=30) for f in futures] == [f"c{i}" for i in range(100)]
+        with ThreadPoolExecutor(8) as pool:  # and from many threads at once
+            acknowledged = list(pool.map(lambda i: store.write(_insert_conversation(f"t{i}")), range(100)))
+        assert acknowledged == [f"t{i}" for i in range(100)]
+        stored = [r["id"] for r in store.read("SELECT id FROM conversations ORDER BY id")]
+        assert sorted(stored) == sorted([f"c{i}" for i in range(100)] + [f"t{i}" for i in range(100)])
+
+
+def test_a_poisoned_write_in_a_batch_fails_alone(tmp_path):
+    with Store(tmp_path / "rec.duckdb") as store:
+        release = _blocked_writer(store)
+        before = [store.submit(_insert_conversation(f"a{i}")) for i in range(5)]
+        poisoned = store.submit(_insert_conversation("a0"))  # duplicate key of a row earlier in its own batch
+        after = [store.submit(_insert_conversation(f"b{i}")) for i in range(5)]
+        release.set()
+        assert [f.result(timeout=30) for f in before + after] == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+        with pytest.raises(Exception, match="(?i)duplicate key|constraint"):
+            poisoned.result(timeout=30)
+        stored = sorted(r["id"] for r in store.read("SELECT id FROM conversations"))
+        assert stored == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+
+
+def test_a_result_comes_only_after_its_batch_is_committed(tmp_path):
+    path = tmp_path / "rec.duckdb"
+    store = Store(path).open()
+    store.write(_insert_conversation("c1"))
+    store.close()  # a clean close; reopen and the acknowledged row is there
+    with Store(path) as reopened:
+        assert reopened.read("SELECT id FROM conversations") == [{"id": "c1"}]
+
+
+def test_a_full_queue_refuses_at_once(tmp_path):
+    from feedback.errors import StoreBusyError
+
+    with Store(tmp_path / "rec.duckdb", max_queued=2) as store:
+        release = _blocked_writer(store)
+        queued = [store.submit(_insert_conversation(f"c{i}")) for i in range(2)]
+        with pytest.raises(StoreBusyError, match="2 writes waiting; try again shortly") as refused:
+            store.submit(_insert_conversation("c9"))
+        assert refused.value.retry_after_s > 0
+        release.set()
+        assert [f.result(timeout=30) for f in queued] == ["c0", "c1"]
+        assert store.write(_insert_conversation("c9")) == "c9"  # accepted again once there is room
+
+
+def test_a_full_writer_queue_answers_503_with_retry_after_over_http(settings, tiny_engine):
+    import httpx
+
+    from tests.conftest import start_server
+
+    with start_server(settings.model_copy(update={"write_queue_limit": 1}), tiny_engine) as live:
+        release = _blocked_writer(live.store)
+        waiting = live.store.submit(_insert_conversation("c1"))  # the queue's one place is taken
+        try:
+            response = httpx.post(f"{live.url}/api/feedback", json={"message_id": "m1", "rating": "up"}, timeout=30)
+        finally:
+            release.set()
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert "writes waiting; try again shortly" in response.json()["error"]["message"]
+        assert waiting.result(timeout=30) == "c1"
+        # room again: the same vote now reaches the record (and is refused there for its unknown id)
+        assert httpx.post(f"{live.url}/api/feedback", json={"message_id": "m1", "rating": "up"}, timeout=30).status_code == 404
