@@ -7,6 +7,8 @@ hold the file); while it runs, use the admin API instead (`/api/admin/...`).
 from __future__ import annotations
 
 import json
+import os
+import sys
 from contextlib import contextmanager
 
 import typer
@@ -17,6 +19,7 @@ from feedback.store import Store
 
 users_app = typer.Typer(help="Accounts and roles.", no_args_is_help=True)
 CLI_ACTOR = "cli"
+PASSWORD_VARIABLE = "CARECYCLE_NEW_USER_PASSWORD"  # `users create` for containers; not a setting of the server
 
 
 def fail(message: str) -> None:
@@ -41,16 +44,34 @@ def create_user(
     user_id: str = typer.Argument(..., help="Account id (letters, digits, . _ - :)."),
     role: str = typer.Option("user", help="user, operator or admin."),
     password: bool = typer.Option(False, "--password", help="Also set a password (asked twice, never echoed)."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Also set a password, read from the first line of standard input (scripts)."),
 ) -> None:
-    """Create an account and print its API key (shown once). The first admin is made this way."""
+    """Create an account and print its API key (shown once). The first admin is made this way.
+    A password also comes from CARECYCLE_NEW_USER_PASSWORD (containers)."""
     from feedback.accounts import Accounts
 
-    secret = typer.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
+    secret = _new_password(password, password_stdin)
     if secret is not None and len(secret) < 12:
         fail("a password needs at least 12 characters")
     with open_record() as store:
         api_key = Accounts(store).create(CLI_ACTOR, user_id, role, secret)
     typer.echo(f"created {role} {user_id}; API key (shown once): {api_key}")
+
+
+def _new_password(ask: bool, from_stdin: bool) -> str | None:
+    """From the terminal (--password), standard input (--password-stdin) or the environment; one way only."""
+    from_env = os.environ.get(PASSWORD_VARIABLE)
+    if ask + from_stdin + (from_env is not None) > 1:
+        fail(f"give the password one way: --password, --password-stdin or {PASSWORD_VARIABLE}")
+    if ask:
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if from_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            fail("--password-stdin read no password: pipe it in, e.g. `printf '%s' \"$PW\" | carecycle users create ...`")
+        return line
+    return from_env
 
 
 @users_app.command("list")

@@ -19,6 +19,7 @@ from deploy.settings import Settings
 from feedback.errors import CarecycleError
 
 adapters_app = typer.Typer(help="The adapter registry: list, show, promote, roll back.", no_args_is_help=True)
+DEFAULT_EVAL_SPLIT = "test"  # `carecycle eval` reports; the test split is the one that reports
 
 
 def _methods(method: str) -> tuple[str, ...]:
@@ -80,7 +81,8 @@ def export(
 def evaluate(
     adapter: str = typer.Option("none", help="`none` (the base model), a registry version, or an adapter folder."),
     benchmark: str = typer.Option("carecycle-safety", help="carecycle-safety, cares-18k, or a Parquet/CSV/JSONL path."),
-    split: str | None = typer.Option("test", help="Benchmark split (carecycle-safety: validation or test)."),
+    split: str | None = typer.Option(None, help="Benchmark split (carecycle-safety: validation or test); default: "
+                                     "test where the benchmark has splits, the whole file where it has none."),
     judge: str = typer.Option("finetuned", help="self, external or finetuned."),
     limit: int | None = typer.Option(None, help="Only the first N prompts."),
     max_tokens: int = typer.Option(128, help="Answer length."),
@@ -93,12 +95,11 @@ def evaluate(
     from deploy.app import build_engine, build_judge
     from retrain.evaluation.adapter_check import check_adapter_matches
     from retrain.evaluation.adapter_eval import evaluate_adapter
-    from retrain.evaluation.benchmark import load_benchmark
     from retrain.evaluation.report import write_report
 
     settings = Settings()
     try:
-        items = load_benchmark(benchmark, split=split, limit=limit)
+        items, split = _benchmark_items(benchmark, split, limit)
         folder = _adapter_folder(adapter, settings)
         if folder is not None:
             check_adapter_matches(folder, settings.model_source)  # refused before any generation
@@ -130,6 +131,19 @@ def evaluate(
     for harm, rates in result.metrics["by_harm_level"].items():
         typer.echo(f"  harm {harm}: Safety Score {_fmt(rates['safety_score'])} over {rates['items']} prompts")
     typer.echo(f"results: {run_dir / 'results.json'}\nreport:  {report}")
+
+
+def _benchmark_items(benchmark: str, split: str | None, limit: int | None) -> tuple[list, str | None]:
+    """The items to evaluate and their split: ``split``, or by default the test split of a benchmark
+    that has splits and all of a file without a split column (a user's own CARES file)."""
+    from retrain.evaluation.benchmark import load_benchmark
+
+    if split is None:
+        items = load_benchmark(benchmark)
+        if all(item.split is None for item in items):
+            return items[:limit] if limit is not None else items, None
+        split = DEFAULT_EVAL_SPLIT
+    return load_benchmark(benchmark, split=split, limit=limit), split
 
 
 def _fmt(value: float | None) -> str:

@@ -12,9 +12,9 @@ from tests.conftest import REPO
 CARECYCLE = str(Path(sys.executable).with_name("carecycle"))
 
 
-def run_cli(*args, data_dir, **env):
+def run_cli(*args, data_dir, stdin="", **env):
     environment = {**os.environ, "CARECYCLE_DATA_DIR": str(data_dir), **env}
-    return subprocess.run([CARECYCLE, *args], capture_output=True, text=True, env=environment, timeout=300)
+    return subprocess.run([CARECYCLE, *args], capture_output=True, text=True, env=environment, timeout=300, input=stdin)
 
 
 def test_serve_without_a_model_names_the_folder_and_the_command(tmp_path):
@@ -87,3 +87,49 @@ def test_unknown_engine_is_named():
 
     with pytest.raises(CarecycleError, match="unknown engine 'tgi'; available: local"):
         create_engine("tgi")
+
+
+def signs_in(data_dir, user, password):
+    from feedback.accounts import Accounts
+    from feedback.store import Store
+
+    with Store(data_dir / "carecycle.duckdb") as store:
+        return Accounts(store).by_password(user, password)
+
+
+def test_users_create_reads_the_password_from_stdin_or_the_environment(tmp_path):
+    piped = run_cli("users", "create", "root", "--role", "admin", "--password-stdin",
+                               data_dir=tmp_path, stdin="a long enough password\n")
+    assert piped.returncode == 0, piped.stderr
+    from_env = run_cli("users", "create", "olga", "--role", "operator", data_dir=tmp_path,
+                                  CARECYCLE_NEW_USER_PASSWORD="another long password")
+    assert from_env.returncode == 0, from_env.stderr
+    assert signs_in(tmp_path, "root", "a long enough password").role == "admin"
+    assert signs_in(tmp_path, "olga", "another long password").role == "operator"
+    assert signs_in(tmp_path, "root", "a long enough password\n") is None  # the newline is not part of it
+
+
+@pytest.mark.parametrize("args, stdin, env, words", [
+    (["--password-stdin"], "", {}, "read no password"),
+    (["--password-stdin"], "short\n", {}, "at least 12 characters"),
+    (["--password-stdin"], "a long enough password\n", {"CARECYCLE_NEW_USER_PASSWORD": "x" * 12}, "one way"),
+])
+def test_users_create_bad_password_input_is_one_line_and_creates_nobody(tmp_path, args, stdin, env, words):
+    result = run_cli("users", "create", "jo", *args, data_dir=tmp_path, stdin=stdin, **env)
+    assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "carecycle.duckdb").exists()  # refused before the record was opened
+
+
+def test_eval_of_a_file_without_splits_evaluates_all_of_it(tmp_path, tiny_model_dir):
+    import json
+
+    rows = [{"principle_index": i % 8, "generation_model": "me", "harmful_level": i % 4, "method": "direct",
+             "base_prompt": f"question {i}", "prompt": f"question {i} about a fever"} for i in range(3)]
+    benchmark = tmp_path / "my_cares.jsonl"
+    benchmark.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    result = run_cli("eval", "--benchmark", str(benchmark), "--judge", "self", "--max-tokens", "2", "--out", str(out),
+                     data_dir=tmp_path, CARECYCLE_MODEL=str(tiny_model_dir), CARECYCLE_JUDGES="")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["overall"]["items"] == 3
