@@ -99,10 +99,10 @@ def signs_in(data_dir, user, password):
 
 def test_users_create_reads_the_password_from_stdin_or_the_environment(tmp_path):
     piped = run_cli("users", "create", "root", "--role", "admin", "--password-stdin",
-                               data_dir=tmp_path, stdin="a long enough password\n")
+                    data_dir=tmp_path, stdin="a long enough password\n")
     assert piped.returncode == 0, piped.stderr
     from_env = run_cli("users", "create", "olga", "--role", "operator", data_dir=tmp_path,
-                                  CARECYCLE_NEW_USER_PASSWORD="another long password")
+                       CARECYCLE_NEW_USER_PASSWORD="another long password")
     assert from_env.returncode == 0, from_env.stderr
     assert signs_in(tmp_path, "root", "a long enough password").role == "admin"
     assert signs_in(tmp_path, "olga", "another long password").role == "operator"
