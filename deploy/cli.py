@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from deploy import cli_admin, cli_judges, cli_learning
 from deploy.cli_admin import fail as _fail
@@ -89,8 +90,24 @@ def vllm_start() -> None:
     raise typer.Exit(code=code)
 
 
+def settings_error(exc: ValidationError) -> str:
+    """One line naming each CARECYCLE_* variable that is wrong and why."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            name = "CARECYCLE_" + "_".join(str(part) for part in error["loc"]).upper()
+            problems.append(f"{name}={error['input']!r}: {message}")
+        else:
+            problems.append(message)
+    return "invalid settings: " + "; ".join(problems)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValidationError as exc:  # a CARECYCLE_* variable that no command can run with
+        typer.echo(f"carecycle: {settings_error(exc)}", err=True)
+        sys.exit(2)

@@ -25,10 +25,11 @@ def start_scheduler(cycle: Cycle, settings: Settings):
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
     from apscheduler.triggers.cron import CronTrigger
 
-    hour, minute = (int(part) for part in settings.cycle_time.split(":"))
+    hour, minute, second = (int(part) for part in f"{settings.cycle_time}:00".split(":")[:3])  # HH:MM[:SS]
     scheduler = AsyncIOScheduler(timezone=settings.cycle_timezone)
     scheduler.add_job(
-        scheduled_cycle, CronTrigger(hour=hour, minute=minute, timezone=settings.cycle_timezone), args=[cycle],
+        scheduled_cycle, CronTrigger(hour=hour, minute=minute, second=second, timezone=settings.cycle_timezone),
+        args=[cycle],
         id=JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=3600,
     )
     scheduler.start()

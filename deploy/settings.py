@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.model_prepare import SMOLLM2_FOLDER
@@ -83,7 +84,9 @@ class Settings(BaseSettings):
         None, ge=1, description="Delete conversations whose last message is older than this (unset: keep)."
     )
     cycle_enabled: bool = Field(True, description="Run the realignment cycle on the schedule.")
-    cycle_time: str = Field("02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="When the nightly cycle starts (HH:MM).")
+    cycle_time: str = Field(
+        "02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", description="When the nightly cycle starts (HH:MM or HH:MM:SS)."
+    )
     cycle_timezone: str = Field("UTC", description="Time zone of CARECYCLE_CYCLE_TIME, e.g. Europe/Berlin.")
     cycle_methods: str = Field("kto,dpo", description="Candidates each cycle trains, comma-separated: kto, dpo.")
     cycle_min_signal: int = Field(
@@ -115,6 +118,15 @@ class Settings(BaseSettings):
     safety_reminder: bool = Field(
         False, description="Add a safety reminder to the system prompt when a prompt looks like a jailbreak."
     )
+
+    @field_validator("cycle_timezone")
+    @classmethod
+    def _known_time_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{zone!r} is not a time zone; use an IANA name such as UTC or Europe/Berlin") from None
+        return zone
 
     @model_validator(mode="after")
     def _judges_are_usable(self) -> "Settings":

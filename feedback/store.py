@@ -183,11 +183,20 @@ class Store:
                 conn.execute("COMMIT")
             except BaseException as exc:
                 _rollback(conn)
-                self._commit_alone(conn, batch, exc)
+                self._commit_alone(conn, batch, self._unsaved(exc))
                 return
             for (_, future), result in zip(batch, results):
                 future.set_result(result)
             return
+
+    def _unsaved(self, exc: BaseException) -> BaseException:
+        """A failed COMMIT (a full disk, an I/O error) as its caller sees it: a StoreError (503)."""
+        if not isinstance(exc, duckdb.Error):
+            return exc
+        error = StoreError(f"the record at {self.path} could not save this write, so none of it was kept ({exc}); "
+                           "free disk space or repair the file system, then retry")
+        error.__cause__ = exc
+        return error
 
     def _commit_alone(self, conn: duckdb.DuckDBPyConnection, batch: list[QueuedWrite], exc: BaseException) -> None:
         """A batch whose COMMIT failed: each task once more in its own transaction, so the
