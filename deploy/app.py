@@ -118,7 +118,8 @@ def build_engine(settings: Settings) -> Engine:
         return create_engine("vllm", base_url=settings.vllm_url, model_id=settings.model_id,
                              api_key=settings.vllm_api_key, timeout_s=settings.vllm_timeout_s)
     return create_engine(
-        settings.engine, model_path=settings.model_source, model_id=settings.model_id, torch_threads=settings.torch_threads
+        settings.engine, model_path=settings.model_source, model_id=settings.model_id, torch_threads=settings.torch_threads,
+        device=settings.device,
     )
 
 

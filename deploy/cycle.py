@@ -28,7 +28,8 @@ from retrain.datasets.build import BuildConfig, abuild_datasets
 from retrain.datasets.export import export_dataset
 from retrain.datasets.snapshot import write_snapshot
 from retrain.evaluation.adapter_eval import evaluate_adapter
-from retrain.evaluation.benchmark import load_benchmark
+from retrain.evaluation.benchmark import load_evaluation_set
+from retrain.evaluation.runner import EvaluationResult
 from retrain.gate import GatePolicy, decide
 from retrain.sampling import safety_sampler
 from retrain.training import TrainConfig, run_training
@@ -49,12 +50,19 @@ class CycleConfig:
     require_approval: bool = False
     benchmark: str = "carecycle-safety"
     eval_split: str | None = "validation"
+    eval_extra_files: tuple[str, ...] = ()  # more CARES-format files the gate compares on
     eval_limit: int | None = None
     eval_max_tokens: int = 96
     sample_cap: int = 16
     system_prompt: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # passed to every TrainConfig
     train_timeout_s: float | None = 6 * 3600  # a hung training run must not block every later cycle
+
+
+def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the cycle record keeps of one evaluation: the overall rates with their intervals."""
+    return {**metrics["overall"], "safety_score_ci": metrics["safety_score_ci"],
+            "rate_intervals": metrics["rate_intervals"]}
 
 
 class CycleFailed(CarecycleError):
@@ -128,9 +136,9 @@ class Cycle:
                 return self.registry.finish_cycle(cycle_id, "kept", {
                     "decision": "trained only", "candidates": {v: a["path"] for v, a in candidates.items()}})
             step = "evaluate"
-            metrics = await self._evaluate(cycle_id, candidates, folder, loaded)
+            results = await self._evaluate(cycle_id, candidates, folder, loaded)
             step = "gate"
-            await self._decide(cycle_id, candidates, metrics)
+            await self._decide(cycle_id, candidates, results)
         except Exception as exc:  # the cycle record says where and why; serving goes on untouched
             log.error("cycle %s failed at %s: %s", cycle_id, step, exc)
             self.registry.finish_cycle(cycle_id, "failed", {
@@ -196,36 +204,40 @@ class Cycle:
             self.registry.record_step(cycle_id, "train", figures)
         return candidates
 
-    async def _evaluate(self, cycle_id: str, candidates: dict[str, dict], folder: Path, loaded: list[str]):
-        items = load_benchmark(self.config.benchmark, split=self.config.eval_split, limit=self.config.eval_limit)
+    async def _evaluate(self, cycle_id: str, candidates: dict[str, dict], folder: Path,
+                        loaded: list[str]) -> dict[str, EvaluationResult]:
+        items = load_evaluation_set(self.config.benchmark, self.config.eval_split, self.config.eval_extra_files,
+                                    self.config.eval_limit)
         active = self.registry.with_status("active")
-        metrics: dict[str, dict] = {}
+        results: dict[str, EvaluationResult] = {}
         for name, adapter in [(ACTIVE_RUN, active), *candidates.items()]:
             version = adapter["version"] if adapter else None
             if name != ACTIVE_RUN:  # loading waits for the generation lock: off the event loop
                 await asyncio.to_thread(self.engine.load_adapter, version, adapter["path"])
                 loaded.append(version)
-            result = await evaluate_adapter(
+            results[name] = await evaluate_adapter(
                 self.engine, version, items, self.judge, folder / "eval" / name,
                 max_new_tokens=self.config.eval_max_tokens, system_prompt=self.config.system_prompt,
                 metadata={"name": name if name != ACTIVE_RUN else f"active ({version or 'base'})", "cycle": cycle_id},
             )
-            metrics[name] = result.metrics
-            if name != ACTIVE_RUN:
-                self.registry.set_metrics(version, result.metrics)
-            self.registry.record_step(cycle_id, "evaluate", {n: m["overall"] for n, m in metrics.items()})
-        return metrics
+            self.registry.record_step(cycle_id, "evaluate", {n: _figures(r.metrics) for n, r in results.items()})
+        return results
 
-    async def _decide(self, cycle_id: str, candidates: dict[str, dict], metrics: dict[str, dict]) -> None:
-        decision = decide(metrics[ACTIVE_RUN], {v: metrics[v] for v in candidates}, self.config.gate)
-        winner_method = candidates[decision.winner]["method"] if decision.winner else None
+    async def _decide(self, cycle_id: str, candidates: dict[str, dict], results: dict[str, EvaluationResult]) -> None:
+        """The paired gate; its evidence goes into the cycle record and each candidate's metrics."""
+        policy = self.config.gate
+        decision = decide(results[ACTIVE_RUN].records, {v: results[v].records for v in candidates}, policy)
         active = self.registry.with_status("active")
-        outcome = {"winner": decision.winner, "winner_method": winner_method, "promote": decision.promote,
-                   "reasons": decision.reasons, "compared_with": active["version"] if active else None}
-        self.registry.record_step(cycle_id, "gate", outcome)
-        for version in candidates:
+        outcome = {"winner": decision.winner, "winner_method": candidates[decision.winner]["method"] if decision.winner
+                   else None, "promote": decision.promote, "reason": decision.reason,
+                   "compared_with": active["version"] if active else None}
+        self.registry.record_step(cycle_id, "gate", {**decision.to_dict(), **outcome, "alpha": policy.alpha,
+                                                     "refusal_margin": policy.refusal_margin})
+        for version, gate in decision.to_dict()["comparisons"].items():
+            self.registry.set_metrics(version, {**results[version].metrics, "gate": gate})
             if version != decision.winner or not decision.promote:
-                self.registry.reject(version, "; ".join(decision.reasons) or "another candidate won")
+                self.registry.reject(version, decision.reason if version == decision.winner or decision.winner is None
+                                     else f"{decision.winner} had the larger paired gain")
         if not decision.promote:
             return self.registry.finish_cycle(cycle_id, "kept", {**outcome, "decision": "kept"})
         if self.config.require_approval:

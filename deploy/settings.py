@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(8000, ge=1, description="Longest message accepted, in characters.")
     max_messages: int = Field(64, ge=1, description="Most messages accepted in one request.")
     torch_threads: int | None = Field(None, ge=1, description="Threads torch may use (unset: torch's default).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the embedded engine runs: `auto` (CUDA in bfloat16 when torch sees a GPU, else the "
+        "CPU in float32), `cpu` or `cuda`. /healthz says which and why."
+    )
     ui: bool = Field(True, description="Mount the Gradio chat page at `/`.")
     judges: str = Field(
         "finetuned",

@@ -41,18 +41,19 @@ async def feedback(body: FeedbackRequest, record: ChatRecordDep, user: CurrentUs
 
 
 @router.get("/api/conversations")
-async def my_conversations(record: ChatRecordDep, user: SignedInUser):
-    """The caller's own conversations, newest first."""
+def my_conversations(record: ChatRecordDep, user: SignedInUser):
+    """The caller's own conversations, newest first (a plain def: the read runs off the event loop)."""
     return {"data": record.conversations_of(user.id)}
 
 
 @router.get("/api/conversations/{conversation_id}")
-async def my_conversation(conversation_id: str, record: ChatRecordDep, user: SignedInUser):
+def my_conversation(conversation_id: str, record: ChatRecordDep, user: SignedInUser):
     return {"id": conversation_id, "messages": record.conversation(conversation_id, owner=user.id)}
 
 
 @router.get("/healthz")
-async def healthz(request: Request, service: ChatServiceDep):
+def healthz(request: Request, service: ChatServiceDep):
+    # a plain def runs in the thread pool: vLLM's health is blocking HTTP (and may re-load an adapter)
     engine = service.engine.health()
     return {"status": "ok", "engine": engine, "schema_version": request.app.state.store.schema_version()}
 

@@ -1,19 +1,31 @@
 """LocalEngine: transformers + peft inside the server process (the embedded default).
 
-Generation is serialised by one lock: there is one model instance, peft's ``set_adapter``
-switches the whole model, and on a small CPU two concurrent ``generate`` calls only
-contend for the same cores. Requests wait their turn in arrival order; each keeps the
+One model instance answers every chat. Requests that arrive together are generated
+together: a scheduler thread takes what is waiting (after a short admission window when it
+was idle) and runs it as one padded batch, each row streaming its own tokens to its own
+client and ending on its own. A batch holds only requests on the same adapter with the
+same sampling settings (peft's ``set_adapter`` switches the whole model); a seeded sampled
+request runs alone, so that its seed gives the same answer as ever. Each request keeps the
 adapter that was active when it arrived, so a promotion never changes an answer in flight.
-Batched generation for evaluation lives with the evaluation runner.
+Requests that arrive while a batch runs form the next one.
+
+Locks, always taken in this order: the model lock (held by a running batch, an adapter
+load or delete, and evaluation's ``generate_batch``), then the adapters lock (bookkeeping
+only, never held while waiting for the model). The event loop takes only the adapters
+lock, so it never waits for a generation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
 import re
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +34,31 @@ from serve.errors import AdapterError, EngineUnavailableError, ModelLoadError
 
 _DONE = object()
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEVICES = ("auto", "cpu", "cuda")
+log = logging.getLogger("carecycle")
 
 
-def _load_model(model_path: str):
-    """Tokenizer and float32 model from a folder or hub id; ModelLoadError names what to do."""
+def select_device(requested: str = "auto") -> tuple[str, str]:
+    """The device the embedded engine uses and why: ``auto`` takes CUDA when torch sees it."""
+    import torch
+
+    if requested not in DEVICES:
+        raise ModelLoadError(f"CARECYCLE_DEVICE={requested!r} is not a device; use auto, cpu or cuda")
+    if requested == "cpu":
+        return "cpu", "CARECYCLE_DEVICE=cpu"
+    if torch.cuda.is_available():
+        why = "CARECYCLE_DEVICE=cuda" if requested == "cuda" else "auto: CUDA is available"
+        return "cuda", f"{why} ({torch.cuda.get_device_name(0)})"
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, no device found"
+    if requested == "cuda":
+        raise ModelLoadError(f"CARECYCLE_DEVICE=cuda, but torch {torch.__version__} sees no CUDA device ({build}); "
+                             "use CARECYCLE_DEVICE=auto or cpu, or install a CUDA build of torch")
+    return "cpu", f"auto: torch {torch.__version__} sees no CUDA device ({build})"
+
+
+def _load_model(model_path: str, device: str):
+    """Tokenizer and model (float32 on CPU, bfloat16 on CUDA) from a folder or hub id;
+    ModelLoadError names what to do."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -36,9 +69,10 @@ def _load_model(model_path: str):
             f"no model at {folder}: run `carecycle model prepare` to create it "
             "(or set CARECYCLE_MODEL to a prepared transformers folder)"
         )
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
     except Exception as exc:  # any loader failure means the same thing to the operator
         raise ModelLoadError(
             f"the model folder {folder} cannot be loaded ({type(exc).__name__}: {exc}); "
@@ -50,67 +84,71 @@ def _load_model(model_path: str):
     return tokenizer, model
 
 
-class _TokenStreamer:
-    """transformers' streamer protocol, emitting the new text after every token (TextStreamer
-    holds text back to word boundaries). Text that ends in an incomplete UTF-8 sequence waits
-    for the token that completes it."""
+@dataclass(eq=False)
+class _Request:
+    """A chat waiting for, or in, a batch; its deltas go to the event loop that asked."""
 
-    def __init__(self, tokenizer, emit):
-        self.tokenizer = tokenizer
-        self.emit = emit
-        self.tokens: list[int] = []
-        self.sent = 0
-        self.prompt_skipped = False
+    input_ids: list[int]
+    params: GenerationParams
+    generation: Generation
+    loop: asyncio.AbstractEventLoop
+    deltas: asyncio.Queue
+    emitted: bool = False  # some text has been sent
+    finished: bool = False  # generation of its row is over
+    ended: bool = False  # its end (or error) has been sent
 
-    def put(self, value) -> None:
-        if not self.prompt_skipped:  # generate() first hands over the prompt
-            self.prompt_skipped = True
-            return
-        self.tokens.extend(value.reshape(-1).tolist())
-        self._flush(final=False)
+    @property
+    def sampling(self) -> tuple[float, float] | None:
+        return (self.params.temperature, self.params.top_p) if self.params.temperature > 0 else None
 
-    def end(self) -> None:
-        self._flush(final=True)
+    @property
+    def batch_key(self) -> tuple:
+        """Requests that may share a batch: same adapter, same sampling (greedy: any limits)."""
+        seed = self.params.seed if self.sampling else None
+        return self.generation.adapter_version, self.sampling, seed, id(self) if seed is not None else None
 
-    def _flush(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if (final or not text.endswith("\ufffd")) and len(text) > self.sent:
-            self.emit(text[self.sent:])
-            self.sent = len(text)
+    def send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.deltas.put_nowait, item)
+
+    def emit(self, text: str) -> None:
+        self.emitted = True
+        self.send(text)
 
 
 class LocalEngine(Engine):
-    def __init__(self, model_path: str, model_id: str | None = None, torch_threads: int | None = None):
+    def __init__(self, model_path: str, model_id: str | None = None, torch_threads: int | None = None,
+                 device: str = "auto", max_batch: int = 16, admission_window_s: float = 0.01):
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
-        self.tokenizer, self.model = _load_model(model_path)
+        self.device, self.device_reason = select_device(device)
+        log.info("embedded engine on %s: %s", self.device, self.device_reason)
+        self.tokenizer, self.model = _load_model(model_path, self.device)
         self.model_id = model_id or Path(model_path).name
-        self._generate_lock = threading.Lock()
+        self.max_batch = max_batch
+        self.admission_window_s = admission_window_s
+        self._model_lock = threading.Lock()
         self._adapters_lock = threading.Lock()
         self._adapters: dict[str, str] = {}
         self._active: str | None = None
         # answers in flight per adapter: an adapter is deleted only once none uses it any more
         self._in_flight: Counter[str] = Counter()
         self._unload_when_idle: set[str] = set()
+        # the scheduler lives as long as the process: servers that come and go (tests) share one engine
+        self._incoming: queue.Queue[_Request] = queue.Queue()
+        self._scheduler = threading.Thread(target=self._schedule, name="carecycle-generate", daemon=True)
+        self._scheduler.start()
 
     # -- generation ------------------------------------------------------------------
     def generate(self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = ACTIVE) -> Generation:
         input_ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
-        loop = asyncio.get_running_loop()
+        )["input_ids"][0].tolist()
         deltas: asyncio.Queue = asyncio.Queue()
         generation = Generation(deltas=self._drain(deltas), adapter_version=self._claim(adapter))
-        generation.prompt_tokens = int(input_ids.shape[1])
-        worker = threading.Thread(
-            target=self._run,
-            args=(input_ids, params, generation, loop, deltas),
-            name="carecycle-generate",
-            daemon=True,
-        )
-        worker.start()
+        generation.prompt_tokens = len(input_ids)
+        self._incoming.put(_Request(input_ids, params, generation, asyncio.get_running_loop(), deltas))
         return generation
 
     async def _drain(self, deltas: asyncio.Queue):
@@ -119,31 +157,71 @@ class LocalEngine(Engine):
                 raise EngineUnavailableError(f"the model failed while answering: {item}") from item
             yield item
 
-    def _run(self, input_ids, params: GenerationParams, generation: Generation, loop, deltas) -> None:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+    def _schedule(self) -> None:
+        """The scheduler thread: batch what is waiting, oldest request's kind first."""
+        waiting: list[_Request] = []
+        while True:
+            if not waiting:
+                waiting.append(self._incoming.get())
+                time.sleep(self.admission_window_s)  # requests that arrive together are generated together
+            while not self._incoming.empty():
+                waiting.append(self._incoming.get())
+            key = waiting[0].batch_key
+            batch = [r for r in waiting if r.batch_key == key][: self.max_batch]
+            waiting = [r for r in waiting if r not in batch]
+            self._run_batch(batch)
 
-        class StopWhenCancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> bool:
-                return generation.cancelled.is_set()
-
-        streamer = _TokenStreamer(self.tokenizer, lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text))
-        stopping = StoppingCriteriaList([StopWhenCancelled()])
+    def _run_batch(self, batch: list[_Request]) -> None:
+        """Generate ``batch``; if it fails as a whole, each row that has sent nothing yet runs
+        again alone, so that a failure stays with the request it belongs to."""
+        failure: Exception | None = None
         try:
-            with self._generate_lock:
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                output = self._generate_with_adapter(generation.adapter_version, input_ids, params, streamer, stopping)
-            new_tokens = output[0, input_ids.shape[1]:]
-            generation.completion_tokens = int(new_tokens.shape[0])
-            hit_eos = bool(new_tokens.numel()) and int(new_tokens[-1]) in self._eos_ids()
-            generation.finish_reason = "length" if generation.completion_tokens >= params.max_tokens and not hit_eos else "stop"
-            outcome = _DONE
-        except BaseException as exc:  # delivered to the awaiting request, never lost in a thread
-            outcome = exc
-        finally:
-            self._release(generation.adapter_version)  # before the answer ends: its adapter may go now
-        loop.call_soon_threadsafe(deltas.put_nowait, outcome)
+            self._generate_rows(batch)
+        except Exception as exc:  # delivered to the awaiting requests, never lost in a thread
+            failure = exc
+        retry = [r for r in batch if not (r.finished or r.emitted)] if failure and len(batch) > 1 else []
+        for request in batch:
+            if request not in retry:
+                self._end(request, _DONE if request.finished else failure)
+        for request in retry:
+            self._run_batch([request])
+
+    def _generate_rows(self, batch: list[_Request]) -> None:
+        import torch
+
+        from serve.batch_generation import StreamRow, stream_batch
+
+        rows = [
+            StreamRow(r.input_ids, r.params.max_tokens, r.generation.cancelled, emit=r.emit,
+                      finish=lambda generated, hit_eos, request=r: self._row_finished(request, generated, hit_eos))
+            for r in batch
+        ]
+        head = batch[0]
+        with self._model_lock:
+            if head.sampling and head.params.seed is not None:
+                torch.manual_seed(head.params.seed)
+            with self._using(head.generation.adapter_version) as model:
+                stream_batch(model, self.tokenizer, rows, self._eos_ids(), head.sampling)
+
+    def _row_finished(self, request: _Request, generated: int, hit_eos: bool) -> None:
+        """A row is done (the batch may go on): end its stream now, unless its adapter waits to
+        be unloaded; then the end waits until the adapter has gone (see ``_end``)."""
+        generation = request.generation
+        generation.completion_tokens = generated
+        generation.finish_reason = "length" if generated >= request.params.max_tokens and not hit_eos else "stop"
+        request.finished = True
+        with self._adapters_lock:
+            unloading = generation.adapter_version in self._unload_when_idle
+        if not unloading:
+            request.send(_DONE)
+            request.ended = True
+
+    def _end(self, request: _Request, outcome: Any) -> None:
+        """After its batch: release the request's adapter (it may go now), then end its stream."""
+        self._release(request.generation.adapter_version)
+        if not request.ended:
+            request.send(outcome)
+            request.ended = True
 
     def _claim(self, adapter: str | None) -> str | None:
         """The adapter this request will use, counted as in flight until ``_release``."""
@@ -160,31 +238,14 @@ class LocalEngine(Engine):
             return
         with self._adapters_lock:
             self._in_flight[version] -= 1
-            if self._in_flight[version] == 0 and version in self._unload_when_idle:
-                self._delete(version)
-
-    def _generate_with_adapter(self, adapter: str | None, input_ids, params: GenerationParams, streamer, stopping):
-        import torch
-
-        sampling = params.temperature > 0
-        kwargs: dict[str, Any] = dict(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=params.max_tokens,
-            do_sample=sampling,
-            streamer=streamer,
-            stopping_criteria=stopping,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        if sampling:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        with torch.inference_mode(), self._using(adapter) as model:
-            return model.generate(**kwargs)
+            idle = self._in_flight[version] == 0 and version in self._unload_when_idle
+        if idle:
+            self._delete_if_unused(version)
 
     @contextmanager
     def _using(self, adapter: str | None):
         """The model with ``adapter`` switched on (None: the base model); callers hold the
-        generate lock, since peft switches adapters model-wide."""
+        model lock, since peft switches adapters model-wide."""
         if adapter is None and hasattr(self.model, "disable_adapter"):
             with self.model.disable_adapter():
                 yield self.model
@@ -204,7 +265,7 @@ class LocalEngine(Engine):
         with ``adapter`` (None: the base model), taking its turn with live chats."""
         from serve.batch_generation import generate_batch
 
-        with self._generate_lock, self._using(adapter) as model:
+        with self._model_lock, self._using(adapter) as model:
             return generate_batch(model, self.tokenizer, conversations, max_new_tokens)
 
     # -- adapters --------------------------------------------------------------------
@@ -215,19 +276,20 @@ class LocalEngine(Engine):
     def load_adapter(self, version: str, path: str) -> None:
         from peft import PeftModel
 
-        with self._adapters_lock:
-            if version in self._adapters:
-                raise AdapterError(f"adapter version {version!r} was already loaded; versions are never reused")
-            # the model is shared with running generations: change it only between them
-            with self._generate_lock:
-                try:
-                    if isinstance(self.model, PeftModel):
-                        self.model.load_adapter(path, adapter_name=version)
-                    else:
-                        self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
-                except Exception as exc:
-                    raise AdapterError(f"cannot load adapter {version!r} from {path}: {exc}") from exc
-            self._adapters[version] = path
+        # the model is shared with running generations: change it only between batches
+        with self._model_lock:
+            with self._adapters_lock:
+                if version in self._adapters:
+                    raise AdapterError(f"adapter version {version!r} was already loaded; versions are never reused")
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(path, adapter_name=version)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
+            except Exception as exc:
+                raise AdapterError(f"cannot load adapter {version!r} from {path}: {exc}") from exc
+            with self._adapters_lock:
+                self._adapters[version] = path
 
     def activate_adapter(self, version: str | None) -> None:
         with self._adapters_lock:
@@ -243,19 +305,22 @@ class LocalEngine(Engine):
                 raise AdapterError(f"adapter version {version!r} is not loaded")
             if version == self._active:
                 raise AdapterError(f"adapter version {version!r} is active; activate another one first")
-            if self._in_flight[version]:
-                self._unload_when_idle.add(version)
-            else:
-                self._delete(version)
+            self._unload_when_idle.add(version)
+            idle = self._in_flight[version] == 0
+        if idle:
+            self._delete_if_unused(version)
 
-    def _delete(self, version: str) -> None:
-        """Callers hold the adapters lock."""
-        with self._generate_lock:
+    def _delete_if_unused(self, version: str) -> None:
+        """Delete an adapter marked for unloading once no answer uses it (checked again here,
+        under both locks: a request may have claimed it, or it may be active again)."""
+        with self._model_lock, self._adapters_lock:
+            if version not in self._unload_when_idle or self._in_flight[version] or version not in self._adapters:
+                return
             self.model.delete_adapter(version)
             if len(self._adapters) == 1:  # the last one: peft would keep pointing at the deleted name
                 self.model = self.model.unload()
-        del self._adapters[version]
-        self._unload_when_idle.discard(version)
+            del self._adapters[version]
+            self._unload_when_idle.discard(version)
 
     def loaded_adapters(self) -> list[str]:
         return list(self._adapters)
@@ -263,4 +328,5 @@ class LocalEngine(Engine):
     def health(self) -> dict[str, Any]:
         if self.model is None:
             raise EngineUnavailableError("the local model is not loaded")
-        return {"engine": "local", "model": self.model_id, "adapter": self._active, "adapters": self.loaded_adapters()}
+        return {"engine": "local", "model": self.model_id, "adapter": self._active, "adapters": self.loaded_adapters(),
+                "device": self.device, "device_reason": self.device_reason}

@@ -152,6 +152,7 @@ def test_cycle_dashboard_shows_history_and_admins_trigger(browser, ui_server):
 
     from feedback.accounts import Accounts
     from feedback.registry_record import RegistryRecord
+    from retrain.gate import GatePolicy, decide
 
     store = ui_server.store
     Accounts(store).create("test", "ada", "admin", "an admin password")
@@ -159,13 +160,22 @@ def test_cycle_dashboard_shows_history_and_admins_trigger(browser, ui_server):
     registry.start_cycle("cyc-earlier", "schedule")
     registry.record_step("cyc-earlier", "evaluate", {"active": {"safety_score": 0.41, "erroneous_refusal": 0.1},
                                                      "kto-earlier": {"safety_score": 0.52, "erroneous_refusal": 0.1}})
-    registry.record_step("cyc-earlier", "gate", {"winner": "kto-earlier", "winner_method": "kto", "reasons": []})
+    safer = [{"id": f"i{i}", "harmful_level": 3, "prompt": f"risky question {i}", "answer": f"Sure, do {i}.",
+              "label": "Accept", "score": 0.0} for i in range(6)]
+    refusing = [{**r, "answer": "I cannot help with that.", "label": "Refuse", "score": 1.0} for r in safer]
+    gate = decide(safer, {"kto-earlier": refusing}, GatePolicy())
+    registry.record_step("cyc-earlier", "gate", {**gate.to_dict(), "winner_method": "kto"})
     registry.finish_cycle("cyc-earlier", "promoted", {"decision": "promoted"})
 
     sign_in(browser, ui_server.url + "/cycles/", "ada", "an admin password")
     wait_for(lambda: "cyc-earlier" in browser.find_element(By.CSS_SELECTOR, "#cycles-table").text
              if browser.find_elements(By.CSS_SELECTOR, "#cycles-table") else False, what="the cycle history")
     assert "base model" in browser.find_element(By.CSS_SELECTOR, "#cycles-headline").text
+    assert gate.reason in browser.find_element(By.CSS_SELECTOR, "#cycle-decisions").text  # the decision in words
+    assert "p = 0.0156" in gate.reason and "difference +1.000" in browser.find_element(By.CSS_SELECTOR, "#cycle-decisions").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#cycle-plots svg")) == 3
+    changed = browser.find_element(By.CSS_SELECTOR, "#changed-answers").text
+    assert "risky question" in changed and "I cannot help with that." in changed and "Sure, do" in changed
     browser.find_element(By.CSS_SELECTOR, "#trigger-cycle").click()
     wait_for(lambda: "started" in browser.find_element(By.CSS_SELECTOR, "#cycles-status").text, what="the trigger")
     triggered = wait_for(lambda: store.read("SELECT id, trigger FROM cycles WHERE trigger = 'ui:ada'"), what="the cycle row")

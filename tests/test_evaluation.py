@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -114,6 +115,23 @@ def test_loads_jsonl_csv_and_parquet_fixtures(tmp_path):
             (n % 4, METHODS[n % 4], n % 8) for n in range(1, 9)]
         assert items[0].id == "bench-00001" and items[0].prompt == "question 1"
     assert [i.prompt for i in load_benchmark(jsonl, split="test", limit=2)] == ["question 1", "question 3"]
+
+
+def test_the_evaluation_set_adds_extra_files_and_never_the_test_split(tmp_path):
+    from retrain.evaluation.benchmark import load_evaluation_set
+
+    validation = load_benchmark("carecycle-safety", split="validation")
+    whole = write_jsonl(tmp_path / "whole.jsonl", [cares_row(n) for n in range(3)])  # no split column: all rows
+    split = write_jsonl(tmp_path / "split.jsonl", [{**cares_row(n), "split": s}
+                                                   for n, s in enumerate(["validation", "test", "train"])])
+    items = load_evaluation_set("carecycle-safety", "validation", [whole, split])
+    assert [i.id for i in items] == [i.id for i in validation] + ["whole-00001", "whole-00002", "whole-00003",
+                                                                  "split-00001"]
+    assert len(load_evaluation_set("carecycle-safety", "validation", [whole], limit=50)) == 50
+    with pytest.raises(BenchmarkError, match="'test' split reports results"):
+        load_evaluation_set("carecycle-safety", "test")
+    with pytest.raises(BenchmarkError, match="evaluation set .* duplicate row"):
+        load_evaluation_set("carecycle-safety", "validation", [whole, whole])
 
 
 def test_missing_columns_are_named(tmp_path):
@@ -311,7 +329,7 @@ def test_runner_end_to_end_on_the_tiny_model(tiny, tmp_path):
     assert all(r["label"] == "Accept" and r["answer"] for r in result.records)  # random text: no marker
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metadata"]["judge"] == {"name": "marker-test", "version": "1"}
-    assert saved["metadata"]["counts"] == {"items": 5, "labelled": 5, "unparsed": 0, "resumed": 0}
+    assert saved["metadata"]["counts"] == {"items": 5, "labelled": 5, "unparsed": 0, "abstained": 0, "resumed": 0}
     expected = sum(i.harmful_level == 0 for i in items) / 5
     assert saved["metrics"]["overall"]["safety_score"] == pytest.approx(expected)
     assert load_result(tmp_path / "run").records == result.records
@@ -353,6 +371,21 @@ def test_unparsed_labels_are_counted_apart(tmp_path):
     assert (overall["items"], overall["unparsed"]) == (6, 1)
     assert overall["safety_score"] == pytest.approx(3 / 5)  # 0, 1, 1, (unparsed), 1, 0
     assert overall["erroneous_refusal"] == 0.5 and overall["unsafe_accept"] == 0.5
+
+
+def test_an_abstained_label_is_kept_but_not_scored(tmp_path):
+    from retrain.evaluation.runner import run_evaluation
+
+    class UnsureJudge(MarkerJudge):
+        async def judge(self, conversation, answer):
+            judged = await super().judge(conversation, answer)
+            return replace(judged, abstained="REFUSE" in answer)
+
+    result = run_evaluation(SCRIPT_ITEMS, scripted(GOOD), UnsureJudge(), tmp_path)
+    unsure = [r for r in result.records if r["abstained"]]
+    assert [(r["label"], r["score"]) for r in unsure] == [("Refuse", None)] * 3
+    assert result.metadata["counts"] == {"items": 6, "labelled": 3, "unparsed": 0, "abstained": 3, "resumed": 0}
+    assert result.metrics["overall"]["safety_score"] == 1.0  # over the three items it was sure of
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ and comes back as ``BenchmarkItem`` rows. Row numbers in error messages count da
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ CARES_REVISION = "49f6ff9caffe31bbd33b6272b72ef0b78a23ff26"
 HUB_TIMEOUT_S = 5.0
 SUFFIXES = (".parquet", ".csv", ".jsonl")
 MAX_ROWS_NAMED = 10
+REPORTING_SPLIT = "test"
 
 
 class BenchmarkError(CarecycleError):
@@ -59,6 +61,23 @@ def load_benchmark(name_or_path: str | Path, split: str | None = None, limit: in
         path = _local_path(name_or_path)
         items = _items(_read_local(path), path.stem)
     items = _select_split(items, split, str(name_or_path))
+    return items[:limit] if limit is not None else items
+
+
+def load_evaluation_set(benchmark: str | Path, split: str | None, extra_files: Sequence[str | Path] = (),
+                        limit: int | None = None) -> list[BenchmarkItem]:
+    """The items a cycle's gate compares adapters on: ``split`` of ``benchmark`` plus every
+    extra CARES-format file (its ``split`` rows when it has a split column, else all of it),
+    at most ``limit`` in all. The test split is refused: it reports results, it never chooses."""
+    if split == REPORTING_SPLIT:
+        raise BenchmarkError(f"the {REPORTING_SPLIT!r} split reports results and must never choose an adapter; "
+                             "evaluate cycles on 'validation' (and extra files)")
+    items = load_benchmark(benchmark, split=split)
+    for path in extra_files:
+        extra = load_benchmark(path)
+        has_split = any(item.split is not None for item in extra)
+        items += _select_split(extra, split, str(path)) if has_split and split else extra
+    _check_unique_ids(items, "the evaluation set (benchmark and extra files together)")
     return items[:limit] if limit is not None else items
 
 

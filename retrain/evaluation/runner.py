@@ -174,6 +174,7 @@ async def _judge(judge: Judge, gate: asyncio.Semaphore, conversation: Conversati
 
 
 def _record(item: BenchmarkItem, answer: str, judgment: Judgment) -> dict[str, Any]:
+    """An abstained judgment keeps its best-guess label for readers but gets no score."""
     label = judgment.label
     return {
         "id": item.id,
@@ -183,7 +184,8 @@ def _record(item: BenchmarkItem, answer: str, judgment: Judgment) -> dict[str, A
         "prompt": item.prompt,
         "answer": answer,
         "label": label.value if label is not None else None,
-        "score": safety_score(item.harmful_level, label) if label is not None else None,
+        "score": safety_score(item.harmful_level, label) if label is not None and not judgment.abstained else None,
+        "abstained": judgment.abstained,
         "judge_raw": judgment.raw_output,
         "judge_harm_level": judgment.harm_level,
     }
@@ -205,8 +207,10 @@ def _finish(
     started: datetime,
 ) -> EvaluationResult:
     records = [done[item.id] for item in items]
-    pairs = [(item, Label(record["label"]) if record["label"] else None) for item, record in zip(items, records)]
+    pairs = [(item, Label(record["label"]) if record["score"] is not None else None)
+             for item, record in zip(items, records)]
     metrics = summarize(pairs)
+    abstained = sum(1 for record in records if record.get("abstained"))
     metadata = {
         **run["metadata"],
         "judge": run["judge"],
@@ -214,7 +218,8 @@ def _finish(
         "counts": {
             "items": len(items),
             "labelled": metrics["overall"]["items"] - metrics["overall"]["unparsed"],
-            "unparsed": metrics["overall"]["unparsed"],
+            "unparsed": metrics["overall"]["unparsed"] - abstained,
+            "abstained": abstained,
             "resumed": resumed,
         },
         "started_at": started.isoformat(timespec="seconds"),

@@ -16,7 +16,7 @@ from retrain.training.errors import TrainConfigError
 
 METHODS = ("kto", "dpo")
 DATASET_SUFFIXES = (".parquet", ".jsonl")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # TrainConfig fields handed to KTOConfig/DPOConfig under the same name
 TRL_FIELDS = (
@@ -68,7 +68,8 @@ class TrainConfig:
         default=0, metadata={"help": "torch CPU threads in the training process; 0: torch's default (all cores)."}
     )
     dtype: str = field(
-        default="float32", metadata={"help": "dtype the base model is loaded in ('float32' on CPU; 'bfloat16' on GPU)."}
+        default="auto", metadata={"help": "dtype the base model is loaded in: 'auto' is bfloat16 on a CUDA GPU and "
+                                          "float32 on the CPU; or float32, bfloat16, float16."}
     )
     desirable_weight: float = field(default=1.0, metadata={"help": "KTO: loss weight of desirable rows."})
     undesirable_weight: float = field(default=1.0, metadata={"help": "KTO: loss weight of undesirable rows."})

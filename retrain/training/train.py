@@ -60,6 +60,15 @@ def build_trl_args(config: TrainConfig, output_dir: Path):
     return trl_config(**{**defaults, **config.trl_overrides, **fields, **fixed})
 
 
+def model_dtype(name: str) -> str:
+    """The dtype a TrainConfig's ``dtype`` names: 'auto' is bfloat16 on a CUDA GPU, float32 on the CPU."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
 def load_model(config: TrainConfig):
     """(model, tokenizer, peft_config): a fresh LoRA config, or None with the init adapter loaded trainable."""
     import torch
@@ -67,7 +76,7 @@ def load_model(config: TrainConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=getattr(torch, config.dtype))
+    model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=getattr(torch, model_dtype(config.dtype)))
     if config.init_adapter:
         return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True), tokenizer, None
     lora = LoraConfig(
