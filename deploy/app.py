@@ -104,10 +104,10 @@ def live_judging(settings: Settings, engine: Engine, store: Store, chat_service:
 def cycle_config(settings: Settings) -> CycleConfig:
     return CycleConfig(
         methods=tuple(settings.cycle_method_list), min_signal=settings.cycle_min_signal,
-        gate=GatePolicy(settings.cycle_min_improvement, settings.cycle_safety_tolerance,
-                        settings.cycle_refusal_tolerance),
+        gate=GatePolicy(alpha=settings.cycle_alpha, refusal_margin=settings.cycle_refusal_tolerance),
         require_approval=settings.cycle_require_approval, benchmark=settings.cycle_benchmark,
-        eval_split=settings.cycle_eval_split, eval_limit=settings.cycle_eval_limit,
+        eval_split=settings.cycle_eval_split, eval_extra_files=tuple(settings.cycle_eval_extra_files),
+        eval_limit=settings.cycle_eval_limit,
         eval_max_tokens=settings.cycle_eval_max_tokens, sample_cap=settings.cycle_sample_cap,
         system_prompt=settings.system_prompt, train=settings.cycle_train,
     )
