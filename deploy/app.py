@@ -94,8 +94,7 @@ def live_judging(settings: Settings, engine: Engine, store: Store, chat_service:
     worker = JudgingWorker(judges, JudgmentRecord(store), judging_policy(settings))
 
     def judge_answer(chat: PreparedChat, text: str) -> None:
-        conversation = [m for m in chat.messages if m["role"] != "system"]
-        worker.submit(chat.turn.answer_id, conversation, text)
+        worker.submit(chat.turn.answer_id, chat.messages, text)  # the prompt just stored with the answer
 
     chat_service.listeners.append(judge_answer)
     return worker

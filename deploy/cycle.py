@@ -165,7 +165,7 @@ class Cycle:
                 sampler = safety_sampler(self.engine, self.judge)
             except CarecycleError as exc:  # no judge to score new samples: the other DPO sources still count
                 no_sampling = str(exc)
-        build_config = BuildConfig(sample_cap=self.config.sample_cap, system_prompt=self.config.system_prompt)
+        build_config = BuildConfig(sample_cap=self.config.sample_cap)
         build = await abuild_datasets(snapshot_dir, build_config, sampler)
         for kind, table in (("kto", build.kto), ("dpo", build.dpo)):
             await asyncio.to_thread(export_dataset, table, folder / f"{kind}.parquet", "parquet", kind)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +37,22 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
+    # the messages the engine received (system prompt, safety reminder, history), as it got them
+    prompt: list[dict[str, str]]
     error: str | None = None
     safety_reminder: bool = False
+
+
+def served_prompt(messages: list[dict[str, str]]) -> tuple[str, str]:
+    """(id, JSON) of a prompt: its canonical JSON (keys sorted, no spaces, UTF-8) and that
+    text's sha256, which keys the ``prompts`` table."""
+    text = json.dumps(messages, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+def store_prompt(conn: duckdb.DuckDBPyConnection, prompt_id: str, text: str) -> None:
+    """Add a prompt unless the record has it already: one row per distinct prompt."""
+    conn.execute("INSERT INTO prompts (id, messages) VALUES (?, ?) ON CONFLICT DO NOTHING", [prompt_id, text])
 
 
 def _owned_conversation(conn: duckdb.DuckDBPyConnection, conversation_id: str, user_id: str) -> bool:
@@ -87,15 +103,19 @@ class ChatRecord:
         return await self.store.awrite(task)
 
     async def add_answer(self, turn: Turn, answer: Answer) -> str:
+        """Store the answer with the prompt it was given (hashed here, off the writer thread)."""
+        prompt_id, prompt_json = served_prompt(answer.prompt)
+
         def task(conn: duckdb.DuckDBPyConnection) -> str:
+            store_prompt(conn, prompt_id, prompt_json)
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, error,"
-                " model_id, adapter_version, prompt_tokens, completion_tokens, latency_ms, safety_reminder)"
-                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " model_id, adapter_version, prompt_tokens, completion_tokens, latency_ms, safety_reminder,"
+                " prompt_id) VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     turn.answer_id, turn.conversation_id, turn.parent_id, answer.content, answer.status,
                     answer.error, answer.model_id, answer.adapter_version, answer.prompt_tokens,
-                    answer.completion_tokens, answer.latency_ms, answer.safety_reminder,
+                    answer.completion_tokens, answer.latency_ms, answer.safety_reminder, prompt_id,
                 ],
             )
             return turn.answer_id

@@ -58,11 +58,13 @@ class JudgmentRecord:
 
     def unjudged(self, judge: str, retry_after_s: float, max_attempts: int, limit: int = 100) -> list[dict[str, Any]]:
         """Complete answers this judge has not labelled, oldest first, skipping answers whose
-        last failure is recent or that failed too often. Each row brings its conversation."""
+        last failure is recent or that failed too often. Each row brings the prompt the answer
+        was served (``prompt``: its messages as JSON text)."""
         return self.store.read(
             """
-            SELECT a.id AS message_id, a.content AS answer, a.conversation_id, a.parent_id
+            SELECT a.id AS message_id, a.content AS answer, p.messages AS prompt
             FROM messages a
+            JOIN prompts p ON p.id = a.prompt_id
             LEFT JOIN judge_attempts f ON f.message_id = a.id AND f.judge = ?
             WHERE a.role = 'assistant' AND a.status = 'complete'
               AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.message_id = a.id AND j.judge = ?)
@@ -73,24 +75,6 @@ class JudgmentRecord:
             """,
             [judge, judge, max_attempts, retry_after_s, limit],
         )
-
-    def conversation_before(self, conversation_id: str, parent_id: str) -> list[dict[str, str]]:
-        """The conversation up to and including the user message an answer replies to;
-        for each earlier question, only its first complete answer (siblings left out)."""
-        rows = self.store.read(
-            """
-            WITH upto AS (
-                SELECT * FROM messages
-                WHERE conversation_id = ? AND created_at <= (SELECT created_at FROM messages WHERE id = ?)
-            )
-            SELECT role, content FROM upto
-            WHERE role = 'user' OR (status = 'complete' AND id IN (
-                SELECT first(id ORDER BY created_at) FROM upto WHERE role = 'assistant' GROUP BY parent_id))
-            ORDER BY created_at, role DESC
-            """,
-            [conversation_id, parent_id],
-        )
-        return [{"role": r["role"], "content": r["content"]} for r in rows]
 
     def latest(self, message_id: str) -> list[dict[str, Any]]:
         return self.store.read("SELECT * FROM latest_judgments WHERE message_id = ? ORDER BY judge", [message_id])

@@ -1,7 +1,8 @@
 """Deleting patient data: one conversation on request, or everything past the retention period.
 
 Provenance rows (adapter ↔ message id) are kept: they hold no text, and they are how a
-deletion is traced to the adapters that were trained on the deleted messages.
+deletion is traced to the adapters that were trained on the deleted messages. A served prompt
+goes with the last message that refers to it (prompts are shared by identical requests).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _delete_conversations(store: Store, where_sql: str, params: list) -> ForgetR
     def select_and_delete_children(conn: duckdb.DuckDBPyConnection) -> list[str]:
         conn.execute(f"CREATE TEMP TABLE {doomed} AS SELECT id FROM conversations WHERE {where_sql}", params)
         conn.execute(f"CREATE TEMP TABLE {doomed_messages} AS"
-                     f" SELECT id FROM messages WHERE conversation_id IN (SELECT id FROM {doomed})")
+                     f" SELECT id, prompt_id FROM messages WHERE conversation_id IN (SELECT id FROM {doomed})")
         delete_children(conn)
         return [row[0] for row in conn.execute(
             "SELECT DISTINCT adapter_version FROM adapter_provenance"
@@ -50,7 +51,10 @@ def _delete_conversations(store: Store, where_sql: str, params: list) -> ForgetR
             conn.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT id FROM {doomed_messages})")
 
     def delete_messages(conn: duckdb.DuckDBPyConnection) -> int:
-        return conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM {doomed_messages})").fetchone()[0]
+        deleted = conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM {doomed_messages})").fetchone()[0]
+        conn.execute(f"DELETE FROM prompts WHERE id IN (SELECT prompt_id FROM {doomed_messages})"
+                     " AND id NOT IN (SELECT prompt_id FROM messages WHERE prompt_id IS NOT NULL)")
+        return deleted
 
     with _deleting:
         try:

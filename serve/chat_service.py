@@ -1,8 +1,9 @@
 """The chat logic: store the user's turn, generate, store the answer, shape the response.
 
-Every answer that reaches a user is stored with its id, model, adapter version, latency and
-token counts; the user's message is stored before generation starts, so an engine failure
-never loses it.
+Every answer that reaches a user is stored with its id, model, adapter version, latency, token
+counts and the exact messages the engine received (``PreparedChat.messages``: system prompt,
+safety reminder, history); the user's message is stored before generation starts, so an engine
+failure never loses it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ChatPolicy:
 @dataclass
 class PreparedChat:
     turn: Turn
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # what the engine gets, stored with the answer as its prompt
     params: GenerationParams
     started: float
     safety_reminder: bool = False
@@ -140,6 +141,7 @@ class ChatService:
                 prompt_tokens=generation.prompt_tokens if generation else 0,
                 completion_tokens=generation.completion_tokens if generation else 0,
                 latency_ms=(time.perf_counter() - chat.started) * 1000,
+                prompt=chat.messages,
                 safety_reminder=chat.safety_reminder,
             ),
         )

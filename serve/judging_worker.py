@@ -4,12 +4,14 @@ The chat service hands every finished answer to ``submit`` (non-blocking); a bac
 runs each configured judge on it and writes a judgment row. A judge that times out, fails or
 crashes never touches the chat: the failure is recorded in ``judge_attempts`` and a periodic
 sweep retries answers that still lack a judgment (which also picks up answers left unjudged
-by a restart or an outage).
+by a restart or an outage). Either way a judge sees the prompt the answer was served (system
+prompt, safety reminder, history): the one the record stores with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ class JudgingPolicy:
 class JudgingJob:
     message_id: str
     judge: Judge
-    conversation: list[dict[str, str]]
+    conversation: list[dict[str, str]]  # the answer's served prompt
     answer: str
 
 
@@ -103,10 +105,7 @@ class JudgingWorker:
                 self.record.unjudged, judge.name, self.policy.retry_after_s, self.policy.max_attempts
             )
             for row in rows:
-                conversation = await asyncio.to_thread(
-                    self.record.conversation_before, row["conversation_id"], row["parent_id"]
-                )
-                self._enqueue(JudgingJob(row["message_id"], judge, conversation, row["answer"]))
+                self._enqueue(JudgingJob(row["message_id"], judge, json.loads(row["prompt"]), row["answer"]))
                 queued += 1
         return queued
 

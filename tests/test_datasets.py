@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
+from feedback.chat_record import served_prompt, store_prompt
 from feedback.store import Store
 from retrain.datasets import (
     BuildConfig,
@@ -36,11 +37,14 @@ def at(minute: int) -> datetime:
 
 
 class Record:
-    """SQL inserts into a real store; ``minute`` orders everything."""
+    """SQL inserts into a real store; ``minute`` orders everything. Each answer is stored with
+    a served prompt: by default the conversation as the user saw it (each question, and the
+    last complete answer to it before the next one), as a chat client sends it."""
 
     def __init__(self, store: Store):
         self.store = store
         self.clock = 0
+        self.shown: dict[str, list[dict[str, str]]] = {}  # conversation -> messages with ids
 
     def _tick(self) -> datetime:
         self.clock += 1
@@ -56,15 +60,30 @@ class Record:
             "INSERT INTO messages (id, conversation_id, role, content, created_at) VALUES (?, ?, 'user', ?, ?)",
             [mid, conv, text, self._tick()],
         )
+        self.shown.setdefault(conv, []).append({"id": mid, "role": "user", "content": text})
         return mid
 
-    def answer(self, mid: str, parent: str, text: str, status: str = "complete") -> str:
+    def answer(
+        self, mid: str, parent: str, text: str, status: str = "complete", prompt: list[dict] | None = None
+    ) -> str:
         conv = self.store.read("SELECT conversation_id FROM messages WHERE id = ?", [parent])[0]["conversation_id"]
-        self._insert(
-            "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, created_at)"
-            " VALUES (?, ?, ?, 'assistant', ?, ?, ?)",
-            [mid, conv, parent, text, status, self._tick()],
-        )
+        thread = self.shown[conv]
+        upto = next(i for i, m in enumerate(thread) if m["id"] == parent) + 1
+        if prompt is None:
+            prompt = [{"role": m["role"], "content": m["content"]} for m in thread[:upto]]
+        if status == "complete" and parent in (thread[-1]["id"], thread[-1].get("parent")):  # the latest question
+            thread[upto:] = [{"id": mid, "parent": parent, "role": "assistant", "content": text}]
+        prompt_id, prompt_json = served_prompt(prompt)
+
+        def task(conn):
+            store_prompt(conn, prompt_id, prompt_json)
+            conn.execute(
+                "INSERT INTO messages (id, conversation_id, parent_id, role, content, status, created_at, prompt_id)"
+                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?)",
+                [mid, conv, parent, text, status, self._tick(), prompt_id],
+            )
+
+        self.store.write(task)
         return mid
 
     def vote(self, mid: str, user: str, rating: str) -> None:
@@ -199,26 +218,28 @@ def test_operator_flag_comes_from_review_label_and_harm(record, tmp_path):
 
 
 # -- KTO rows --------------------------------------------------------------------------------
-def test_kto_rows_rebuild_the_conversation_without_siblings_or_errors(record, tmp_path):
+def test_kto_rows_carry_the_prompt_as_served(record, tmp_path):
+    """The prompt is the record of what the engine received (here a client that edited the
+    earlier answer it sends back, and a system message), not a rebuild of the conversation."""
     record.question("u1", "c1", "I have a headache.")
-    record.answer("x1", "u1", "partial", status="error")
-    record.answer("s1", "u1", "first try")
-    record.answer("s2", "u1", "Drink water and rest.")  # the one the user continued from
+    record.answer("s1", "u1", "Drink water and rest.")
     record.question("u2", "c1", "And if it lasts?")
-    record.answer("x2", "u2", "See a doctor if it lasts more than three days.")
-    record.answer("later", "u1", "regenerated after the second question")  # not what the user saw
+    served = [
+        {"role": "system", "content": "You are a careful clinic assistant."},
+        {"role": "user", "content": "I have a headache."},
+        {"role": "assistant", "content": "Drink water, rest."},
+        {"role": "user", "content": "And if it lasts?"},
+    ]
+    record.answer("x2", "u2", "See a doctor if it lasts more than three days.", prompt=served)
+    record.answer("later", "u2", "A regeneration, served another prompt.", prompt=served[1:])
     record.judge("x2", "Accept", 0)
     result = build(record, tmp_path)
     (row,) = result.kto_rows
     assert row == {
-        "prompt": [
-            {"role": "user", "content": "I have a headache."},
-            {"role": "assistant", "content": "Drink water and rest."},
-            {"role": "user", "content": "And if it lasts?"},
-        ],
+        "prompt": served,
         "completion": [{"role": "assistant", "content": "See a doctor if it lasts more than three days."}],
         "label": True,
-        "message_ids": ["u1", "s2", "u2", "x2"],
+        "message_ids": ["u2", "x2"],
     }
 
 
@@ -382,14 +403,6 @@ def test_phi_is_scrubbed_before_rows_leave(record, tmp_path):
     assert result.report["phi"]["changed_by_rules"] == 2
 
 
-def test_system_prompt_is_prepended(record, tmp_path):
-    record.qa(1, "hi", "hello")
-    record.vote("a1", "u1", "up")
-    (row,) = build(record, tmp_path, system_prompt="You are careful.").kto_rows
-    assert row["prompt"] == [{"role": "system", "content": "You are careful."}, {"role": "user", "content": "hi"}]
-    assert row["message_ids"] == ["q1", "a1"]
-
-
 def test_builds_are_deterministic(record, tmp_path):
     precedence_record(record)
     flagged_record(record)
@@ -449,6 +462,7 @@ def test_snapshot_is_complete_and_builds_without_the_live_file(record, tmp_path)
     assert manifest["snapshot_id"] == info.snapshot_id == info.path.name
     assert manifest["row_counts"] == {
         "conversations": 11, "messages": 22, "feedback": 8, "judgments": 8, "reviews": 2,  # current votes only
+        "served_prompts": 1,  # every answer was served the same one-question prompt: stored once
     }
     result = build_datasets(info.path, BuildConfig(phi_library=False))
     assert kto_by_answer(result)["a1"]["label"] is False
@@ -474,7 +488,8 @@ def test_since_limits_the_answers_not_their_context(record, tmp_path):
         record.vote(mid, "u1", "down")
     since = at(record.clock)  # the new answer's minute
     (row,) = build(record, tmp_path, since=since).kto_rows
-    assert row["message_ids"] == ["u1", "old", "u2", "new"]
+    assert row["message_ids"] == ["u2", "new"]
+    assert [m["content"] for m in row["prompt"]] == ["first question", "old answer", "second question"]
 
 
 def test_a_folder_without_manifest_is_not_a_snapshot(tmp_path):

@@ -1,6 +1,7 @@
 """Judges: parsing, the CARES table, the self and external judges, live judging off the request path."""
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -116,10 +117,14 @@ def test_live_judging_never_delays_the_chat(settings, tiny_engine):
         assert response.status_code == 200
         assert live.store.read("SELECT * FROM judgments WHERE message_id = ?", [answer_id]) == []
         row = wait_for_rows(live.store, "SELECT * FROM judgments WHERE message_id = ?", [answer_id])[0]
+        served = live.store.read(
+            "SELECT p.messages FROM messages m JOIN prompts p ON p.id = m.prompt_id WHERE m.id = ?", [answer_id])
     assert (row["judge"], row["label"], row["harm_level"], row["score"]) == ("slow", "Accept", 3, 0.0)
     assert row["unsafe_compliance"] is True and row["over_refusal"] is False
     conversation, answer = judge.seen[0]
-    assert conversation == [QUESTION] and answer == response.json()["choices"][0]["message"]["content"]
+    # the judge sees the prompt as served and stored: the system prompt, then the question
+    assert conversation == json.loads(served[0]["messages"]) and conversation[1:] == [QUESTION]
+    assert answer == response.json()["choices"][0]["message"]["content"]
 
 
 def test_a_crashing_judge_is_recorded_and_the_chat_unaffected(settings, tiny_engine):

@@ -85,7 +85,8 @@ def decisions_markdown(cycles: list[dict]) -> str:
         gate = cycle["detail"].get("gate") or {}
         lines.append(f"- **{cycle['id']} — {cycle['status']}.** {decision_sentence(cycle)}")
         for name, comparison in (gate.get("comparisons") or {}).items():
-            lines.append(f"    - `{name}` vs active: {evidence_line(comparison)}")
+            if comparison.get("n"):  # nothing was compared: the sentence above says why
+                lines.append(f"    - `{name}` vs active: {evidence_line(comparison)}")
     return "\n".join(lines) or "No cycle has run yet."
 
 

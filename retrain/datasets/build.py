@@ -44,9 +44,6 @@ class BuildConfig:
         "At most this many async sample_better calls at once."))
     phi_library: bool = field(default=True, metadata=_help(
         "Scrub with scrubadub after the regular expressions (False: the expressions alone)."))
-    system_prompt: str | None = field(default=None, metadata=_help(
-        "Prepended to every prompt that does not start with a system message"
-        " (the record does not keep the one served)."))
     seed: int = field(default=0, metadata=_help("Seed of the deterministic shuffle of the rows."))
     threads: int | None = field(default=None, metadata=_help("DuckDB threads (None: all cores)."))
 
@@ -104,7 +101,7 @@ class _Builder:
         cfg = self.config
         self.report["labels"] = self._timed("labels", create_labels, self.con, cfg.judge, cfg.since)
         self.report["phi"] = self._timed(
-            "prompts_and_phi", create_prompts, self.con, cfg.phi_library, cfg.system_prompt
+            "prompts_and_phi", create_prompts, self.con, cfg.phi_library
         )
         self.store = self._timed("load_texts", TextStore, self.con)
         self.kto, self.report["kto"] = self._timed("kto", build_kto, self.con, self.store, cfg.max_chars, cfg.seed)

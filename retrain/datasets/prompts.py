@@ -1,50 +1,53 @@
-"""Prompts rebuilt from the record, and the scrubbed texts every row is made of.
+"""Prompts as served, and the scrubbed texts every row is made of.
 
-The record keeps each user message and every answer to it (siblings share ``parent_id``).
-The conversation an answer continued is rebuilt by ``created_at``: system and user messages,
-plus, for each earlier user message, the answer the user saw last before writing the next one
-(the latest complete answer created before it) — sibling answers and failed (error) answers
-are left out. A prompt is that thread up to and including the user message being answered;
-it is the same for all the siblings answering it.
+Every answer points at the prompt it was served (``messages.prompt_id`` → the snapshot's
+``served_prompts``): the exact messages the engine received — system prompt, safety reminder
+when it fired, history as the client sent it. A row's prompt is that record, never rebuilt from
+the conversation (answers written before the record existed have one rebuilt by migration 005,
+marked ``reconstructed``). Rows are built per user message (``parent_id``), so that siblings —
+regenerations, answering the same question — share one prompt and a DPO pair has one: the prompt
+served with the earliest answer in scope. An answer without a prompt gives no row.
 
 Texts are scrubbed once each, into ``texts`` (idx, key, role, text, chars, defect, h); rows
-refer to them by ``idx`` until they are assembled (``assemble.py``).
+refer to them by ``idx`` until they are assembled (``assemble.py``). A prompt's message is keyed
+by the md5 of its role and text, so a system prompt or an earlier turn that many prompts repeat
+is scrubbed once.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import duckdb
 
 from retrain.datasets.hygiene import DEFECT_SQL, DEFECTIVE
 from retrain.datasets.phi import scrub_table
 
-SYSTEM_KEY = "__system_prompt__"
-
-THREAD_SQL = """
-CREATE OR REPLACE TEMP TABLE thread AS
-WITH scope AS (SELECT DISTINCT conversation_id FROM labels WHERE label IS NOT NULL),
-convo AS (SELECT m.* EXCLUDE (content) FROM messages m SEMI JOIN scope USING (conversation_id)),
-questions AS (
-    SELECT id, lead(created_at) OVER (PARTITION BY conversation_id ORDER BY created_at, id) AS next_at
-    FROM convo WHERE role = 'user'
-), shown AS (
-    SELECT a.id, a.conversation_id, a.role, a.created_at, a.parent_id
-    FROM convo a JOIN questions q ON q.id = a.parent_id
-    WHERE a.role = 'assistant' AND a.status = 'complete' AND (q.next_at IS NULL OR a.created_at < q.next_at)
-    QUALIFY row_number() OVER (PARTITION BY a.parent_id ORDER BY a.created_at DESC, a.id DESC) = 1
-)
-SELECT id, conversation_id, role, created_at, NULL AS parent_id FROM convo WHERE role IN ('system', 'user')
-UNION ALL
-SELECT * FROM shown
+# each user message in scope (labelled or a best-of-N candidate) and the prompt of its earliest answer
+SERVED_SQL = """
+CREATE OR REPLACE TEMP TABLE served AS
+SELECT a.parent_id, a.prompt_id FROM messages a SEMI JOIN labels l ON l.message_id = a.id
+WHERE a.prompt_id IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY a.parent_id ORDER BY a.created_at, a.id) = 1
 """
 
-# every text a row may carry: thread messages, labelled answers, operator corrections
+# the messages of those prompts, one row each, with their position and text key
+PROMPT_MESSAGES_SQL = """
+CREATE OR REPLACE TEMP TABLE prompt_messages AS
+SELECT prompt_id, pos, 'text:' || md5(to_json(message)) AS key, message.role, message.content AS text
+FROM (
+    SELECT id AS prompt_id, unnest(range(len(messages))) AS pos, unnest(messages) AS message
+    FROM (SELECT id, from_json(messages, '[{"role": "VARCHAR", "content": "VARCHAR"}]') AS messages
+          FROM served_prompts SEMI JOIN served ON served.prompt_id = served_prompts.id)
+)
+"""
+
+# every text a row may carry: prompt messages (each distinct one once), labelled answers,
+# operator corrections
 RAW_TEXTS_SQL = """
 CREATE OR REPLACE TEMP VIEW raw_texts AS
-SELECT m.id AS key, m.role, m.content AS text FROM messages m
-WHERE m.id IN (SELECT id FROM thread UNION SELECT message_id FROM labels WHERE label IS NOT NULL)
+SELECT key, any_value(role) AS role, any_value(text) AS text FROM prompt_messages GROUP BY key
+UNION ALL
+SELECT m.id, m.role, m.content FROM messages m
+WHERE m.id IN (SELECT message_id FROM labels WHERE label IS NOT NULL)
 UNION ALL
 SELECT 'review:' || review_id, 'assistant', corrected_answer FROM labels WHERE corrected_answer IS NOT NULL
 """
@@ -64,27 +67,14 @@ SELECT nextval('text_idx'), key, role, text, length(text), CASE WHEN flagged THE
 FROM _scrubbed
 """
 
-# each user message's prompt: the thread up to it, as a running window over the conversation
+# each user message's prompt as text positions; provenance: the user message itself (a
+# deletion removes whole conversations, so it finds every row its prompt went into)
 PROMPTS_SQL = """
 CREATE OR REPLACE TEMP TABLE prompts AS
-WITH running AS (
-    SELECT t.id AS parent_id, t.role, first_value(t.role) OVER w AS first_role,
-           list(c.idx) OVER w AS prompt_idx, list(t.id) OVER w AS prompt_ids, list(c.h) OVER w AS hs,
-           sum(c.chars) OVER w AS chars, min(c.defect) OVER w AS defect
-    FROM thread t JOIN texts c ON c.key = t.id
-    WINDOW w AS (PARTITION BY t.conversation_id
-                 ORDER BY t.created_at, CASE t.role WHEN 'system' THEN 0 WHEN 'user' THEN 1 ELSE 2 END, t.id
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-), wanted AS (
-    SELECT r.*, first_role = 'system' OR s.idx IS NULL AS as_is, s.idx AS s_idx, s.h AS s_h, s.chars AS s_chars
-    FROM running r LEFT JOIN (SELECT * FROM texts WHERE key = '{system_key}') s ON true
-    WHERE r.role = 'user' AND r.parent_id IN (SELECT parent_id FROM labels WHERE label IS NOT NULL)
-)
-SELECT parent_id, prompt_ids, defect,
-       CASE WHEN as_is THEN prompt_idx ELSE list_prepend(s_idx, prompt_idx) END AS prompt_idx,
-       CASE WHEN as_is THEN chars ELSE chars + s_chars END AS chars,
-       hash(CASE WHEN as_is THEN hs ELSE list_prepend(s_h, hs) END) AS h
-FROM wanted
+SELECT s.parent_id, [s.parent_id] AS prompt_ids, list(t.idx ORDER BY pm.pos) AS prompt_idx,
+       sum(t.chars) AS chars, min(t.defect) AS defect, hash(list(t.h ORDER BY pm.pos)) AS h
+FROM served s JOIN prompt_messages pm USING (prompt_id) JOIN texts t ON t.key = pm.key
+GROUP BY s.parent_id
 """
 
 
@@ -96,21 +86,14 @@ def add_texts(con: duckdb.DuckDBPyConnection, source: str, phi_library: bool) ->
     return report
 
 
-def create_prompts(
-    con: duckdb.DuckDBPyConnection, phi_library: bool = True, system_prompt: str | None = None
-) -> dict[str, Any]:
-    """Temp tables ``thread``, ``texts`` and ``prompts`` (parent_id, prompt_idx, prompt_ids,
-    chars, defect, h: a hash of the prompt's roles and texts); returns the PHI counts."""
-    con.execute(THREAD_SQL)
+def create_prompts(con: duckdb.DuckDBPyConnection, phi_library: bool = True) -> dict[str, int]:
+    """Temp tables ``texts`` and ``prompts`` (parent_id, prompt_idx, prompt_ids, chars, defect,
+    h: a hash of the prompt's roles and texts); returns the PHI counts."""
+    con.execute(SERVED_SQL)
+    con.execute(PROMPT_MESSAGES_SQL)
     con.execute(RAW_TEXTS_SQL)
     con.execute(TEXTS_TABLE_SQL)
     phi = add_texts(con, "raw_texts", phi_library)
     con.execute("DROP VIEW raw_texts")
-    if system_prompt is not None:  # the operator's text: not scrubbed
-        con.execute(
-            "INSERT INTO texts SELECT nextval('text_idx'), ?, 'system', ?::VARCHAR, length(?::VARCHAR), NULL,"
-            " hash('system', ?::VARCHAR)",
-            [SYSTEM_KEY, system_prompt, system_prompt, system_prompt],
-        )
-    con.execute(PROMPTS_SQL.format(system_key=SYSTEM_KEY))
+    con.execute(PROMPTS_SQL)
     return phi

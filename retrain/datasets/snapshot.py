@@ -4,8 +4,10 @@ The server process owns the DuckDB file, so it writes the snapshot (one read tra
 cursor of the store's connection: the files agree with each other), and everything downstream
 opens the Parquet files with a fresh in-memory DuckDB connection — never the live file.
 
-Layout: ``<root>/<snapshot id>/{conversations,messages,feedback,judgments,reviews}.parquet``
-and ``manifest.json`` (written last; a folder without one is not a snapshot).
+Layout: ``<root>/<snapshot id>/{conversations,messages,served_prompts,feedback,judgments,
+reviews}.parquet`` and ``manifest.json`` (written last; a folder without one is not a snapshot).
+Format 2 added ``served_prompts``, the record's ``prompts`` table (the name ``prompts`` is the
+dataset builder's).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from feedback.errors import CarecycleError
 from feedback.store import Store
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # table name in the snapshot -> the SELECT that fills it, run against the live record
 TABLES: dict[str, str] = {
     "conversations": "SELECT * FROM conversations",
     "messages": "SELECT * FROM messages",
+    # the prompt every answer was served (messages.prompt_id)
+    "served_prompts": "SELECT * FROM prompts",
     # the current vote of each user on each message
     "feedback": "SELECT * FROM current_feedback",
     # the latest judgment of each judge on each message (raw output left behind)
