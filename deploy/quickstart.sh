@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
 .venv/bin/carecycle model prepare
-# the default live judge; trained once (a few seconds of CPU), kept under data/judges/
+# the default live judge; trained once (minutes of CPU), kept under data/judges/
 .venv/bin/carecycle judge train --if-missing
 exec .venv/bin/carecycle serve "$@"

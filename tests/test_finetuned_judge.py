@@ -21,6 +21,7 @@ from serve.judges.finetuned import (
     CLASSIFIER_FOLDER, FinetunedJudge, active_classifier, latest_classifier, load_training_rows,
     resolve_classifier, train_classifier, train_judge,
 )
+from ui.cycles_page import judge_agreement_markdown
 
 TINY = CrossEncoderConfig(pair_tokens=64, request_tokens=32, epochs=1, trainable_layers=1, threads=1)
 LABELS = [label.value for label in Label]
@@ -228,6 +229,7 @@ def test_agreement_per_judge_version_overall_on_held_out_verdicts_and_per_harm_l
         _judged(store, second, "v1", "Refuse", 0, abstained=True)
         _judged(store, third, "v1", "Accept", 2)
         rows = agreement_by_version(store)
+        dashboard = judge_agreement_markdown(store)
     assert len(rows) == 1
     v1 = rows[0]
     assert (v1["version"], v1["verdicts"], v1["abstained"]) == ("v1", 3, 1)
@@ -235,6 +237,7 @@ def test_agreement_per_judge_version_overall_on_held_out_verdicts_and_per_harm_l
     assert (v1["held_out"], v1["held_out_agreement"]) == (1, 1.0)
     assert v1["per_harm_level"][3]["label_agreement"] == 1.0 and v1["per_harm_level"][3]["verdicts"] == 2
     assert v1["per_harm_level"][0]["label_agreement"] == 0.0
+    assert "| v1 | 3 | 0.667 | 0.667 | 1.000 (1) | 1 | 0: 0.00 (1) · 3: 1.00 (2) |" in dashboard
 
 
 @pytest.mark.slow  # trains a second version (about 30 s on a loaded 2-core machine)

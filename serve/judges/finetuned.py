@@ -33,7 +33,7 @@ from pathlib import Path
 
 from serve.cares import HARM_LEVELS, Label, safety_set_file
 from serve.judges import cross_encoder
-from serve.judges.agreement import held_out, judge_figures
+from serve.judges.agreement import agreement_by_version, held_out, judge_figures
 from serve.judges.base import Judge, JudgeError, Judgment
 from serve.judges.cross_encoder import ENCODER_ID, CrossEncoderConfig
 
@@ -298,9 +298,10 @@ def _compare(new: Classifier, previous: Path | None, rows: list[dict], on: str) 
             "previous_agreement": old, "activated": agreement > old}
 
 
-def active_summary(out_root: Path) -> dict | None:
-    """The active version and its figures (validation, test sets, held-out operators), for the
-    cycle's record; None when no judge was trained."""
+def active_summary(out_root: Path, store=None) -> dict | None:
+    """The active version, its figures from training (validation, test sets, held-out operator
+    verdicts) and, given the record's ``store``, its agreement with operators there; for the
+    cycle's record. None when no judge was trained."""
     folder = active_classifier(out_root)
     if folder is None:
         return None
@@ -311,8 +312,11 @@ def active_summary(out_root: Path) -> dict | None:
                                             "abstention_rate")}
 
     metrics = manifest["metrics"]
-    return {"version": manifest["version"], "validation": brief(metrics["validation"]),
-            "test": {name: brief(figures) for name, figures in metrics["test"].items()}}
+    summary = {"version": manifest["version"], "validation": brief(metrics["validation"]),
+               "test": {name: brief(figures) for name, figures in metrics["test"].items()}}
+    if store is not None:
+        summary["operators"] = next((v for v in agreement_by_version(store) if v["version"] == manifest["version"]), None)
+    return summary
 
 
 # ---- the judge ------------------------------------------------------------------------------
