@@ -24,6 +24,7 @@ from feedback.retention import purge_expired
 from feedback.review_record import ReviewRecord
 from feedback.store import Store
 from retrain.gate import GatePolicy
+from retrain.training.runner import stop_all_training
 from serve import admin_routes, chat_routes, review_routes
 from serve.body_limit import BodySizeLimit
 from serve.metrics import Metrics, MetricsMiddleware
@@ -108,6 +109,8 @@ def cycle_config(settings: Settings) -> CycleConfig:
         eval_split=settings.cycle_eval_split, eval_extra_files=tuple(settings.cycle_eval_extra_files),
         eval_limit=settings.cycle_eval_limit,
         eval_max_tokens=settings.cycle_eval_max_tokens, sample_cap=settings.cycle_sample_cap,
+        sample_n=settings.cycle_sample_n, sample_budget_s=settings.cycle_sample_budget_s,
+        half_score=settings.cycle_half_score,
         system_prompt=settings.system_prompt, train=settings.cycle_train,
     )
 
@@ -155,6 +158,7 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
         if app.state.scheduler:
             app.state.scheduler.shutdown(wait=False)
         retention.cancel()
+        await asyncio.to_thread(stop_all_training)  # a training child must not outlive the server
         await services.judging.stop()
         services.close()
 

@@ -71,10 +71,19 @@ def export(
         snapshot = write_snapshot(store, settings.data_dir / "exports" / "snapshots")
         build = build_datasets(snapshot.path)
         table = build.kto if kind == "kto" else build.dpo
-        export_dataset(table, out, file_format, kind)
         shutil.rmtree(snapshot.path)  # unscrubbed transcripts: only the scrubbed dataset stays
-        store.write(lambda conn: audit(conn, CLI_ACTOR, "dataset.export", str(out), kind=kind, rows=table.num_rows,
-                                       snapshot_id=snapshot.snapshot_id))
+        unaudited = out.with_name(f".{out.name}.unaudited")
+        export_dataset(table, unaudited, file_format, kind)
+
+        def publish_audited(conn) -> None:  # the file appears in the audit row's transaction, or not at all
+            audit(conn, CLI_ACTOR, "dataset.export", str(out), kind=kind, rows=table.num_rows,
+                  snapshot_id=snapshot.snapshot_id)
+            unaudited.replace(out)
+
+        try:
+            store.write(publish_audited)
+        finally:
+            unaudited.unlink(missing_ok=True)
     typer.echo(f"wrote {table.num_rows} {kind.upper()} rows to {out} (snapshot {snapshot.snapshot_id})")
 
 
@@ -151,14 +160,19 @@ def _fmt(value: float | None) -> str:
 
 
 def _adapter_folder(adapter: str, settings: Settings) -> Path | None:
+    """None (the base model), a folder given as is, or a registry version's folder, checked
+    against the checksum the registry recorded."""
     if adapter == "none":
         return None
     if Path(adapter).is_dir():
         return Path(adapter)
+    from deploy.promotion import verify_registered
     from feedback.registry_record import RegistryRecord
 
     with open_record() as store:
-        return Path(RegistryRecord(store).adapter(adapter)["path"])
+        registered = RegistryRecord(store).adapter(adapter)
+    verify_registered(registered)
+    return Path(registered["path"])
 
 
 @adapters_app.command("list")

@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from feedback.audit import audit
 from feedback.errors import CarecycleError, ConflictError
 from feedback.registry_record import RegistryRecord
 from feedback.store import Store
@@ -36,7 +35,7 @@ from retrain.training import TrainConfig, run_training
 from serve.engine import Engine
 from serve.judges.base import Judge
 
-from deploy.promotion import promote
+from deploy.promotion import promote, verify_registered
 
 log = logging.getLogger("carecycle.cycle")
 ACTIVE_RUN = "active"  # the evaluation run of the adapter serving now
@@ -96,8 +95,7 @@ class Cycle:
     def trigger(self, trigger: str, actor: str, methods: tuple[str, ...] | None = None) -> str:
         """Start a cycle in the background (audited as ``actor``'s); ConflictError names the
         one already running."""
-        cycle_id = self._claim(trigger)
-        self.store.write(lambda conn: audit(conn, actor, "cycle.trigger", cycle_id))
+        cycle_id = self._claim(trigger, actor)
         self._task = asyncio.create_task(self._run(cycle_id, methods or self.config.methods))
         return cycle_id
 
@@ -108,12 +106,13 @@ class Cycle:
         await self._run(cycle_id, methods or self.config.methods, train_only)
         return self.registry.cycle(cycle_id)
 
-    def _claim(self, trigger: str) -> str:
+    def _claim(self, trigger: str, actor: str | None = None) -> str:
+        """Open the cycle's record (with ``actor``'s audit row, in the same transaction)."""
         if self.running is not None:
             raise ConflictError(f"cycle {self.running} is running; wait for it (GET /api/admin/cycles/{self.running})")
         cycle_id = datetime.now(timezone.utc).strftime("cyc-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.registry.start_cycle(cycle_id, trigger, actor)
         self.running = cycle_id
-        self.registry.start_cycle(cycle_id, trigger)
         return cycle_id
 
     # -- the steps -------------------------------------------------------------------
@@ -213,6 +212,7 @@ class Cycle:
         for name, adapter in [(ACTIVE_RUN, active), *candidates.items()]:
             version = adapter["version"] if adapter else None
             if name != ACTIVE_RUN:  # loading waits for the generation lock: off the event loop
+                verify_registered(adapter)  # the files are still the ones trained and registered
                 await asyncio.to_thread(self.engine.load_adapter, version, adapter["path"])
                 loaded.append(version)
             results[name] = await evaluate_adapter(

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
-from feedback.audit import audit
 from feedback.errors import ConflictError
 from serve.dependencies import AdminUser
 from serve.errors import ERROR_RESPONSES
@@ -57,14 +56,11 @@ def decide_cycle(cycle_id: str, body: Decision, cycle: CycleDep, admin: AdminUse
     if body.approve and (active["version"] if active else None) != record["detail"]["gate"].get("compared_with"):
         raise ConflictError(f"the active adapter changed since cycle {cycle_id} compared {winner} with it; "
                             "reject this one and run a new cycle")
-    cycle.store.write(lambda conn: audit(conn, admin.id, "cycle.approve" if body.approve else "cycle.reject",
-                                         cycle_id, winner=winner))
+    decided = cycle.registry.decision(cycle_id, admin.id, body.approve, winner)  # written with the change, atomically
     if body.approve:
-        promote(cycle.engine, cycle.registry, winner, admin.id)
+        promote(cycle.engine, cycle.registry, winner, admin.id, also=decided)
     else:
-        cycle.registry.reject(winner, f"rejected by {admin.id}")
-    status = "promoted" if body.approve else "kept"
-    cycle.registry.finish_cycle(cycle_id, status, {"decision": status, "decided_by": admin.id, "winner": winner})
+        cycle.registry.reject(winner, f"rejected by {admin.id}", also=decided)
     return cycle.registry.cycle(cycle_id)
 
 

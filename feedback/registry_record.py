@@ -8,6 +8,7 @@ active adapter writes an audit row in the same transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -39,11 +40,17 @@ class RegistryRecord:
         self.store.write(lambda conn: conn.execute(
             "UPDATE adapters SET metrics = ?, updated_at = now() WHERE version = ?", [json.dumps(metrics), version]))
 
-    def reject(self, version: str, reason: str) -> None:
-        self.store.write(lambda conn: conn.execute(
-            "UPDATE adapters SET status = 'rejected', metrics = json_merge_patch(coalesce(metrics, '{}'),"
-            " json_object('rejected_because', ?)), updated_at = now() WHERE version = ? AND status = 'candidate'",
-            [reason, version]))
+    def reject(self, version: str, reason: str, also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
+        """Reject a candidate; ``also`` runs in the same transaction (a decision's record and audit row)."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> None:
+            conn.execute("UPDATE adapters SET status = 'rejected', metrics = json_merge_patch(coalesce(metrics, '{}'),"
+                         " json_object('rejected_because', ?)), updated_at = now() WHERE version = ? AND status = 'candidate'",
+                         [reason, version])
+            if also is not None:
+                also(conn)
+
+        self.store.write(task)
 
     def adapter(self, version: str) -> dict[str, Any]:
         rows = self.store.read("SELECT * FROM adapters WHERE version = ?", [version])
@@ -58,9 +65,11 @@ class RegistryRecord:
         rows = self.store.read("SELECT * FROM adapters WHERE status = ? ORDER BY updated_at DESC LIMIT 1", [status])
         return rows[0] if rows else None
 
-    def make_active(self, actor: str, version: str | None, action: str) -> dict[str, str | None]:
+    def make_active(self, actor: str, version: str | None, action: str,
+                    also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> dict[str, str | None]:
         """``version`` (None: the base model) becomes active, the active one becomes previous,
-        the previous one is retired. Returns the versions that changed status."""
+        the previous one is retired; ``also`` runs in the same transaction (e.g. the record of an
+        approval). Returns the versions that changed status."""
 
         def task(conn: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
             statuses = dict(conn.execute("SELECT status, version FROM adapters WHERE status IN ('active', 'previous')").fetchall())
@@ -81,6 +90,8 @@ class RegistryRecord:
             if version is not None:
                 conn.execute("UPDATE adapters SET status = 'active', updated_at = now() WHERE version = ?", [version])
             audit(conn, actor, f"adapter.{action}", version or "base", replaced=old_active)
+            if also is not None:
+                also(conn)
             retired = [v for v in (old_previous if old_previous != version else None,
                                    old_active if demoted == "retired" else None) if v]
             return {"active": version, "previous": old_active if demoted == "previous" else None, "retired": retired}
@@ -95,10 +106,16 @@ class RegistryRecord:
         return previous or {"version": None}
 
     # -- cycles ----------------------------------------------------------------------
-    def start_cycle(self, cycle_id: str, trigger: str) -> None:
-        self.store.write(lambda conn: conn.execute(
-            "INSERT INTO cycles (id, status, trigger, step, detail) VALUES (?, 'running', ?, 'start', '{}')",
-            [cycle_id, trigger]))
+    def start_cycle(self, cycle_id: str, trigger: str, actor: str | None = None) -> None:
+        """Open a cycle's record; one that ``actor`` started by hand is audited in the same transaction."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> None:
+            conn.execute("INSERT INTO cycles (id, status, trigger, step, detail) VALUES (?, 'running', ?, 'start', '{}')",
+                         [cycle_id, trigger])
+            if actor is not None:
+                audit(conn, actor, "cycle.trigger", cycle_id)
+
+        self.store.write(task)
 
     def record_step(self, cycle_id: str, step: str, figures: dict[str, Any]) -> None:
         """Write a step and its figures into the cycle record as it happens."""
@@ -107,10 +124,21 @@ class RegistryRecord:
             [step, step, json.dumps(figures, default=str), cycle_id]))
 
     def finish_cycle(self, cycle_id: str, status: str, figures: dict[str, Any]) -> None:
-        self.store.write(lambda conn: conn.execute(
-            "UPDATE cycles SET status = ?, finished_at = now(),"
-            " detail = json_merge_patch(detail, json_object('outcome', ?::JSON)) WHERE id = ?",
-            [status, json.dumps(figures, default=str), cycle_id]))
+        self.store.write(lambda conn: _finish(conn, cycle_id, status, figures))
+
+    def decision(self, cycle_id: str, actor: str, approve: bool, winner: str) -> Callable[[duckdb.DuckDBPyConnection], None]:
+        """What an admin's decision on a cycle awaiting approval writes — the cycle's outcome and
+        the audit row — to run inside the transaction that promotes or rejects the winner."""
+
+        def record(conn: duckdb.DuckDBPyConnection) -> None:
+            row = conn.execute("SELECT status FROM cycles WHERE id = ?", [cycle_id]).fetchone()
+            if row is None or row[0] != "awaiting_approval":
+                raise ConflictError(f"cycle {cycle_id} is {row[0] if row else 'unknown'}, not awaiting approval")
+            status = "promoted" if approve else "kept"
+            _finish(conn, cycle_id, status, {"decision": status, "decided_by": actor, "winner": winner})
+            audit(conn, actor, "cycle.approve" if approve else "cycle.reject", cycle_id, winner=winner)
+
+        return record
 
     def interrupt_running(self) -> list[str]:
         """Cycles left 'running' by a server that died: mark them interrupted."""
@@ -140,6 +168,12 @@ class RegistryRecord:
                SELECT (SELECT count(*) FROM feedback, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM judgments, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM reviews, since WHERE created_at > since.t)""")[0]
+
+
+def _finish(conn: duckdb.DuckDBPyConnection, cycle_id: str, status: str, figures: dict[str, Any]) -> None:
+    conn.execute("UPDATE cycles SET status = ?, finished_at = now(),"
+                 " detail = json_merge_patch(detail, json_object('outcome', ?::JSON)) WHERE id = ?",
+                 [status, json.dumps(figures, default=str), cycle_id])
 
 
 def _decoded(cycle: dict[str, Any]) -> dict[str, Any]:

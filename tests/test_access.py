@@ -3,33 +3,35 @@
 import httpx
 import pytest
 
+from serve.cares import safety_score
 from tests.test_chat_api import QUESTION, bearer, chat
 
-# every route and who may use it: anonymous (no credentials), user, operator, admin
+# every route, who may use it — anonymous (no credentials), user, operator, admin — and the status
+# an allowed caller gets for the matrix's request (unknown ids, an empty JSON body): the handler ran
 ANY, USER, OPERATOR, ADMIN = "anonymous", "user", "operator", "admin"
 ROUTES = {
-    ("POST", "/v1/chat/completions"): ANY,
-    ("GET", "/v1/models"): ANY,
-    ("POST", "/api/feedback"): ANY,
-    ("GET", "/api/conversations"): USER,
-    ("GET", "/api/conversations/{conversation_id}"): USER,
-    ("GET", "/healthz"): ANY,
-    ("GET", "/metrics"): ANY,
-    ("GET", "/api/review/queue"): OPERATOR,
-    ("GET", "/api/review/items/{message_id}"): OPERATOR,
-    ("POST", "/api/review/items/{message_id}/verdict"): OPERATOR,
-    ("GET", "/api/admin/users"): ADMIN,
-    ("POST", "/api/admin/users"): ADMIN,
-    ("PUT", "/api/admin/users/{user_id}/role"): ADMIN,
-    ("GET", "/api/admin/audit"): ADMIN,
-    ("DELETE", "/api/admin/conversations/{conversation_id}"): ADMIN,
-    ("GET", "/api/admin/cycles"): ADMIN,
-    ("POST", "/api/admin/cycles"): ADMIN,
-    ("GET", "/api/admin/cycles/{cycle_id}"): ADMIN,
-    ("POST", "/api/admin/cycles/{cycle_id}/decision"): ADMIN,
-    ("GET", "/api/admin/adapters"): ADMIN,
-    ("POST", "/api/admin/adapters/{version}/promote"): ADMIN,
-    ("POST", "/api/admin/adapters/rollback"): ADMIN,
+    ("POST", "/v1/chat/completions"): (ANY, 422),
+    ("GET", "/v1/models"): (ANY, 200),
+    ("POST", "/api/feedback"): (ANY, 422),
+    ("GET", "/api/conversations"): (USER, 200),
+    ("GET", "/api/conversations/{conversation_id}"): (USER, 404),
+    ("GET", "/healthz"): (ANY, 200),
+    ("GET", "/metrics"): (ANY, 200),
+    ("GET", "/api/review/queue"): (OPERATOR, 200),
+    ("GET", "/api/review/items/{message_id}"): (OPERATOR, 404),
+    ("POST", "/api/review/items/{message_id}/verdict"): (OPERATOR, 422),
+    ("GET", "/api/admin/users"): (ADMIN, 200),
+    ("POST", "/api/admin/users"): (ADMIN, 422),
+    ("PUT", "/api/admin/users/{user_id}/role"): (ADMIN, 422),
+    ("GET", "/api/admin/audit"): (ADMIN, 200),
+    ("DELETE", "/api/admin/conversations/{conversation_id}"): (ADMIN, 404),
+    ("GET", "/api/admin/cycles"): (ADMIN, 200),
+    ("POST", "/api/admin/cycles"): (ADMIN, 202),
+    ("GET", "/api/admin/cycles/{cycle_id}"): (ADMIN, 404),
+    ("POST", "/api/admin/cycles/{cycle_id}/decision"): (ADMIN, 422),
+    ("GET", "/api/admin/adapters"): (ADMIN, 200),
+    ("POST", "/api/admin/adapters/{version}/promote"): (ADMIN, 404),
+    ("POST", "/api/admin/adapters/rollback"): (ADMIN, 409),  # nothing to roll back to
 }
 RANK = {ANY: 0, USER: 1, OPERATOR: 2, ADMIN: 3}
 
@@ -46,7 +48,7 @@ def test_every_route_is_in_the_role_matrix(server):
 @pytest.mark.parametrize("caller", [ANY, USER, OPERATOR, ADMIN])
 def test_role_matrix(client, server, keys, caller):
     headers = {ANY: {}, USER: bearer(keys["alice"]), OPERATOR: bearer(keys["olga"]), ADMIN: bearer(keys["ada"])}[caller]
-    for (method, path), needed in ROUTES.items():
+    for (method, path), (needed, status) in ROUTES.items():
         if (method, path) == ("POST", "/api/admin/cycles"):
             continue  # starting a real cycle is tested in test_cycle.py; its role is checked below
         url = path.format(conversation_id="conv-x", message_id="msg-x", user_id="nobody", cycle_id="cyc-x",
@@ -54,7 +56,7 @@ def test_role_matrix(client, server, keys, caller):
         response = client.request(method, url, headers=headers, json={})
         allowed = RANK[caller] >= RANK[needed]
         if allowed:
-            assert response.status_code not in (401, 403), (method, path, caller, response.text)
+            assert response.status_code == status, (method, path, caller, response.text)
         else:
             expected = 401 if caller == ANY else 403
             assert response.status_code == expected, (method, path, caller, response.status_code)
@@ -99,7 +101,8 @@ def seed_review_record(server, client, keys):
     for name, (label, harm, unsafe, refusal) in judgments.items():
         server.store.write(lambda c, n=name, l=label, h=harm, u=unsafe, r=refusal: c.execute(
             "INSERT INTO judgments (id, message_id, judge, judge_version, label, harm_level, unsafe_compliance,"
-            " over_refusal) VALUES (?, ?, 'finetuned', 'v1', ?, ?, ?, ?)", [f"j-{n}", ids[n], l, h, u, r]))
+            " over_refusal, score) VALUES (?, ?, 'finetuned', 'v1', ?, ?, ?, ?, ?)",
+            [f"j-{n}", ids[n], l, h, u, r, safety_score(h, l)]))
     client.post("/api/feedback", json={"message_id": ids["downvoted"], "rating": "down"}, headers=bearer(keys["alice"]))
     return ids
 
@@ -219,7 +222,8 @@ def test_feedback_flood_is_limited_without_affecting_others(settings, tiny_engin
             assert codes[:5] == [200] * 5 and set(codes[5:]) == {429}
             limited = http.post("/api/feedback", headers=bearer(flooder), json={"message_id": answer, "rating": "up"})
             assert int(limited.headers["retry-after"]) >= 1 and "at most 5 a minute" in limited.json()["error"]["message"]
-            assert http.post("/api/feedback", headers=bearer(other), json={"message_id": answer, "rating": "down"}).status_code == 200
+            own = chat(http, key=other).json()["id"]
+            assert http.post("/api/feedback", headers=bearer(other), json={"message_id": own, "rating": "down"}).status_code == 200
         assert live.store.read("SELECT count(*) AS n FROM feedback WHERE user_id = 'flooder'") == [{"n": 5}]
 
 
@@ -233,3 +237,80 @@ def test_no_route_takes_a_file_path_or_adapter_from_users(server):
     schemas = server.app.openapi()["components"]["schemas"]
     fields = {name for schema in schemas.values() for name in schema.get("properties", {})}
     assert not fields & {"path", "adapter", "adapter_path", "lora_path", "file", "filename"}
+
+
+# the Gradio pages: who gets a session (operators and admins sign in with a password), and what
+# each page's API lets them do; FIRST is an event each page runs on load
+FIRST = {"/review": "/load_next", "/cycles": "/refresh"}
+ACTING = ("/on_trigger", "/on_rollback")  # the dashboard's buttons: admins only
+PASSWORDS = {USER: ("pat", "a user password!"), OPERATOR: ("olga", "an operator password"),
+             ADMIN: ("ada", "an admin password")}
+
+
+def gradio_call(http, page, endpoint):
+    """Call one event of a mounted Gradio page over its HTTP API: (status, the last SSE event's lines)."""
+    started = http.post(f"{page}/gradio_api/call{endpoint}", json={"data": []})
+    if started.status_code != 200:
+        return started.status_code, None
+    events = http.get(f"{page}/gradio_api/call{endpoint}/{started.json()['event_id']}").text
+    return 200, events.strip().splitlines()[-2:]
+
+
+@pytest.fixture
+def ui_server(settings, tiny_model_dir):
+    from feedback.accounts import Accounts
+    from serve.local_engine import LocalEngine
+    from tests.conftest import start_server
+
+    engine = LocalEngine(str(tiny_model_dir), model_id="tiny")  # its own: the dashboard rolls an adapter back
+    with start_server(settings.model_copy(update={"ui": True}), engine) as live:
+        accounts = Accounts(live.store)
+        for role, (name, password) in PASSWORDS.items():
+            accounts.create("test", name, role, password)
+        yield live
+
+
+def test_gradio_pages_in_the_role_matrix(ui_server, tiny_model_dir, tmp_path):
+    from deploy.promotion import promote
+    from feedback.registry_record import RegistryRecord
+    from tests.test_adapter_integrity import register, trained_adapter
+
+    registry = RegistryRecord(ui_server.store)
+    folder = tmp_path / "kto-1"
+    register(registry, "kto-1", folder, trained_adapter(tiny_model_dir, folder))
+    promote(ui_server.services.engine, registry, "kto-1", "test")  # something an admin could roll back
+
+    for caller in (ANY, USER, OPERATOR, ADMIN):
+        for page, first in FIRST.items():
+            with httpx.Client(base_url=ui_server.url, timeout=60) as http:
+                if caller != ANY:
+                    name, password = PASSWORDS[caller]
+                    signed_in = http.post(f"{page}/login", data={"username": name, "password": password})
+                    assert signed_in.status_code == (400 if caller == USER else 200), (page, caller)
+                allowed = caller in (OPERATOR, ADMIN)
+                for route in ("/config", "/gradio_api/info"):
+                    assert http.get(page + route).status_code == (200 if allowed else 401), (page, route, caller)
+                status, final = gradio_call(http, page, first)
+                assert (status, final and final[0]) == ((200, "event: complete") if allowed else (401, None))
+                if page == "/cycles" and allowed:
+                    check_dashboard_actions(http, ui_server, registry, caller)
+
+
+def check_dashboard_actions(http, server, registry, caller):
+    """Operators see the dashboard but change nothing with any of its events (no trigger, no
+    rollback; approval is not on the page: its API is admin-only above); admins act."""
+    engine = server.services.engine
+    endpoints = set(http.get("/cycles/gradio_api/info").json()["named_endpoints"])
+    assert set(ACTING) <= endpoints
+    said = {endpoint: gradio_call(http, "/cycles", endpoint)[1][1] for endpoint in
+            (sorted(endpoints) if caller == OPERATOR else ACTING)}
+    if caller == OPERATOR:
+        assert [said[endpoint] for endpoint in ACTING] == ['data: ["Only admins can do that."]'] * 2
+        assert server.store.read("SELECT * FROM cycles") == []
+        assert registry.with_status("active")["version"] == engine.active_adapter == "kto-1"
+        assert server.store.read("SELECT actor FROM audit_log WHERE action LIKE 'cycle.%' OR "
+                                 "(action LIKE 'adapter.%' AND actor <> 'test')") == []
+    else:
+        assert all(said[endpoint].startswith('data: ["Done: ') for endpoint in ACTING), said
+        assert registry.with_status("active") is None and engine.active_adapter is None
+        assert server.store.read("SELECT trigger FROM cycles") == [{"trigger": "ui:ada"}]

@@ -1,7 +1,6 @@
 """Headless Chromium (Debian's chromium + chromium-driver) drives the Gradio chat page."""
 
 import shutil
-import time
 
 import pytest
 
@@ -125,8 +124,10 @@ def test_operator_reviews_in_the_browser(browser, ui_server):
     oldest_first = answers  # both thumbs-down: the older one comes first
 
     sign_in(browser, ui_server.url + "/review/", "pat", "a user password!")  # a chat user is not let in
-    time.sleep(2)
+    wait_for(lambda: "Incorrect Credentials" in browser.find_element(By.TAG_NAME, "body").text,
+             what="the sign-in form to refuse pat")  # the answer came: absence below is not mere slowness
     assert not browser.find_elements(By.CSS_SELECTOR, "#verdict-refuse")
+    assert browser.find_elements(By.CSS_SELECTOR, "input[type=password]")  # still on the sign-in form
 
     sign_in(browser, ui_server.url + "/review/", "olga", "correct horse battery")
     header = lambda: browser.find_element(By.CSS_SELECTOR, "#review-header").text  # noqa: E731

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from serve.cares import Label, SAFETY_SCORE, over_refusal, parse_harm_level, parse_label, safety_score, unsafe_compliance
+from serve.engine import ACTIVE, Engine, Generation
 from serve.judges.base import Judge, JudgeError, Judgment
 from serve.judges.prompting import judge_messages, parse_judge_reply
 from tests.conftest import free_port, start_server, wait_for
@@ -78,8 +79,53 @@ def test_self_judge_records_what_the_model_said(tiny_engine):
 
     judgment = asyncio.run(SelfJudge(tiny_engine).judge([QUESTION], "Take two tablets."))
     assert judgment.judge == "self" and judgment.judge_version == "tiny-llama+judge_v1@base"
-    assert judgment.raw_output  # the random tiny model says something ...
-    assert (judgment.label, judgment.harm_level) == parse_judge_reply(judgment.raw_output)  # ... parsed, not guessed
+    assert judgment.raw_output  # the random tiny model says something (what it says is random: parsing is below)
+
+
+class ScriptedEngine(Engine):
+    """Stands in for the served model where a test needs a known reply: the tiny model's replies
+    are random, so a judge's parse of them could only be compared with itself."""
+
+    model_id = "scripted"
+    active_adapter = None
+
+    def __init__(self, reply):
+        self.reply, self.asked = reply, []
+
+    def generate(self, messages, params, adapter=ACTIVE):
+        self.asked.append((messages, params))
+
+        async def deltas():
+            for word in self.reply.split(" "):
+                yield word + " "
+
+        return Generation(deltas(), adapter_version=None)
+
+    def load_adapter(self, version, path): ...
+    def activate_adapter(self, version): ...
+    def unload_adapter(self, version): ...
+    def health(self):
+        return {}
+
+
+SCRIPTED_REPLIES = [
+    ("LABEL: Refuse\nHARM: 3", Label.REFUSE, 3),
+    ("**Label**: Caution\n**Harm**: 1 (mild)", Label.CAUTION, 1),
+    ("LABEL: Accept\nHARM: 0", Label.ACCEPT, 0),
+    ("I would rather not say", None, None),
+]
+
+
+@pytest.mark.parametrize("reply, label, harm", SCRIPTED_REPLIES)
+def test_self_judge_asks_with_the_judge_prompt_and_parses_the_reply(reply, label, harm):
+    from serve.judges.self_judge import SelfJudge
+
+    engine = ScriptedEngine(reply)
+    judgment = asyncio.run(SelfJudge(engine).judge([QUESTION], "Take two tablets."))
+    assert (judgment.label, judgment.harm_level) == (label, harm)
+    assert judgment.raw_output.split() == reply.split() and judgment.judge_version == "scripted+judge_v1@base"
+    (messages, params), = engine.asked
+    assert messages == judge_messages([QUESTION], "Take two tablets.") and params.temperature == 0.0
 
 
 class SlowJudge(Judge):
@@ -147,10 +193,61 @@ def test_external_judge_against_a_real_openai_compatible_server(judge_server):
 
     judge = ExternalJudge(url=judge_server.url + "/v1", model="tiny-llama", timeout_s=30, retries=0)
     judgment = asyncio.run(judge.judge([QUESTION], "Take two tablets."))
-    assert judgment.judge == "external" and judgment.judge_version == "tiny-llama+judge_v1"
-    assert judgment.raw_output and (judgment.label, judgment.harm_level) == parse_judge_reply(judgment.raw_output)
+    assert judgment.judge == "external" and judgment.judge_version == "tiny-llama+judge_v1" and judgment.raw_output
     # the judge's own request went through carecycle's endpoint and was recorded there
     assert judge_server.store.read("SELECT count(*) AS n FROM messages WHERE role = 'assistant'")[0]["n"] == 1
+
+
+class ScriptedJudgeEndpoint:
+    """A real OpenAI-compatible endpoint on 127.0.0.1 that replies with a known text (see ScriptedEngine)."""
+
+    def __init__(self, reply):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint = self
+        self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                endpoint.requests.append((self.path, self.headers.get("Authorization"),
+                                          json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+
+    def __enter__(self):
+        import threading
+
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.mark.parametrize("reply, label, harm", SCRIPTED_REPLIES)
+def test_external_judge_sends_the_judge_prompt_and_parses_the_reply(reply, label, harm):
+    from serve.judges.external import ExternalJudge
+
+    with ScriptedJudgeEndpoint(reply) as endpoint:
+        judge = ExternalJudge(url=endpoint.url, model="big-judge", api_key="judge-key", timeout_s=10, retries=0)
+        judgment = asyncio.run(judge.judge([QUESTION], "Take two tablets."))
+    assert (judgment.label, judgment.harm_level, judgment.raw_output) == (label, harm, reply)
+    (path, authorization, body), = endpoint.requests
+    assert path == "/v1/chat/completions" and authorization == "Bearer judge-key"
+    assert body["model"] == "big-judge" and body["temperature"] == 0
+    assert body["messages"] == judge_messages([QUESTION], "Take two tablets.")
 
 
 def test_external_judge_refusal_is_not_retried(server):

@@ -27,6 +27,12 @@ from retrain.training.events import parse_event
 OnProgress = Callable[[dict[str, Any]], None]
 STDERR_TAIL_CHARS = 4000
 SKIPPED_EXIT = 3  # train.EXIT_SKIPPED, not imported: the runner never loads the training module
+STOP_GRACE_S = 10.0  # a stopped child gets SIGTERM, then SIGKILL after this long
+
+# the training children of this process, so that a shutdown can end them (see stop_all_training)
+_children_lock = threading.Lock()
+_running: set[subprocess.Popen] = set()
+_stopped: set[int] = set()  # pids that stop_all_training ended
 
 
 @dataclass
@@ -56,13 +62,37 @@ def run_training(
                 [sys.executable, "-m", "retrain.training.train", "--config", str(config_path)],
                 stdout=subprocess.PIPE, stderr=stderr, text=True, env=_child_env(config),
             )
-            events, timed_out = _follow(child, handler, timeout_s)
+            with _children_lock:
+                _running.add(child)
+            try:
+                events, timed_out = _follow(child, handler, timeout_s)
+            finally:
+                with _children_lock:
+                    _running.discard(child)
+                    stopped = child.pid in _stopped
+                    _stopped.discard(child.pid)
             stderr.seek(max(0, os.fstat(stderr.fileno()).st_size - STDERR_TAIL_CHARS))
             tail = stderr.read().decode(errors="replace")
-    result = _result(config, child.returncode, events, tail, timeout_s if timed_out else None)
+    result = _result(config, child.returncode, events, tail, timeout_s if timed_out else None, stopped)
     if result.status != "ok":
         shutil.rmtree(partial_path(Path(config.output_dir)), ignore_errors=True)
     return result
+
+
+def stop_all_training(grace_s: float = STOP_GRACE_S) -> int:
+    """End every training child of this process (the server is shutting down); their runs end
+    "failed", saying so. Returns how many were running."""
+    with _children_lock:
+        children = list(_running)
+        _stopped.update(child.pid for child in children)
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return len(children)
 
 
 def _child_env(config: TrainConfig) -> dict[str, str]:
@@ -97,9 +127,11 @@ def _follow(child: subprocess.Popen, handler: OnProgress, timeout_s: float | Non
 
 
 def _result(
-    config: TrainConfig, code: int, events: dict[str, dict], tail: str, timeout_s: float | None,
+    config: TrainConfig, code: int, events: dict[str, dict], tail: str, timeout_s: float | None, stopped: bool,
 ) -> TrainingResult:
     common = {"stderr_tail": tail, "returncode": code, "last_progress": events.get("progress")}
+    if stopped:
+        return TrainingResult("failed", "stopped: the server shut down during training", **common)
     if timeout_s is not None:
         return TrainingResult("failed", f"timed out after {timeout_s} s; the training process was killed", **common)
     if code == SKIPPED_EXIT and "skipped" in events:
