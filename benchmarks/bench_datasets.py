@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from feedback.store import migration_files
-from retrain.datasets import BuildConfig, build_datasets, export_dataset
+from retrain.datasets import BuildConfig, Candidate, build_datasets, export_dataset
 from retrain.datasets.snapshot import SnapshotInfo, copy_tables, new_snapshot_id, write_manifest
 
 SYNTH_SQL = """
@@ -129,6 +129,11 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
+async def careful_sampler(prompt, reminder, seed) -> Candidate:
+    """Best-of-N without a model: the reminded sample scores 1, the other 0."""
+    return Candidate("A careful answer." if reminder else "Sure.", float(reminder), True, reminder)
+
+
 def baseline(folder: Path, threads: int | None) -> tuple[float, float]:
     """A plain scan of the same Parquet: count and total length of every message."""
     con = duckdb.connect(":memory:")
@@ -155,8 +160,7 @@ def main() -> None:
 
         config = BuildConfig(threads=args.threads, phi_library=not args.no_library, sample_cap=64)
         base_before = baseline(info.path, args.threads)
-        sampler = lambda prompt, flag: "A careful answer."  # noqa: E731
-        build, wall, cpu = timed(build_datasets, info.path, config, sample_better=sampler)
+        build, wall, cpu = timed(build_datasets, info.path, config, sampler=careful_sampler)
         base_after = baseline(info.path, args.threads)
         base_wall, base_cpu = min(base_before[0], base_after[0]), min(base_before[1], base_after[1])
 

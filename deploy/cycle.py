@@ -30,7 +30,7 @@ from retrain.evaluation.adapter_eval import evaluate_adapter
 from retrain.evaluation.benchmark import load_evaluation_set
 from retrain.evaluation.runner import EvaluationResult
 from retrain.gate import GatePolicy, decide
-from retrain.sampling import safety_sampler
+from retrain.sampling import best_of_n_sampler
 from retrain.training import TrainConfig, run_training
 from serve.engine import Engine
 from serve.judges.base import Judge
@@ -52,7 +52,12 @@ class CycleConfig:
     eval_extra_files: tuple[str, ...] = ()  # more CARES-format files the gate compares on
     eval_limit: int | None = None
     eval_max_tokens: int = 96
-    sample_cap: int = 16
+    sample_cap: int = 64  # prompts sampled best-of-N per cycle (retrain.datasets.best_of_n)
+    sample_n: int = 4
+    sample_temperature: float = 1.0
+    sample_max_tokens: int = 128
+    sample_budget_s: float | None = 900.0  # no new sample starts after this; in-flight ones finish
+    half_score: str = "none"  # the label of a judge's score 0.5 (see retrain.datasets.labels)
     system_prompt: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # passed to every TrainConfig
     train_timeout_s: float | None = 6 * 3600  # a hung training run must not block every later cycle
@@ -158,13 +163,16 @@ class Cycle:
         return None
 
     async def _datasets(self, cycle_id: str, snapshot_dir: Path, folder: Path):
-        sampler, no_sampling = None, None
-        if self.config.sample_cap:
+        config, sampler, no_sampling = self.config, None, None
+        if config.sample_cap:
             try:
-                sampler = safety_sampler(self.engine, self.judge)
+                sampler = best_of_n_sampler(self.engine, self.judge, config.sample_max_tokens, config.sample_temperature)
             except CarecycleError as exc:  # no judge to score new samples: the other DPO sources still count
                 no_sampling = str(exc)
-        build_config = BuildConfig(sample_cap=self.config.sample_cap)
+        build_config = BuildConfig(
+            sample_cap=config.sample_cap, sample_n=config.sample_n, sample_budget_s=config.sample_budget_s,
+            half_score=config.half_score,
+        )
         build = await abuild_datasets(snapshot_dir, build_config, sampler)
         for kind, table in (("kto", build.kto), ("dpo", build.dpo)):
             await asyncio.to_thread(export_dataset, table, folder / f"{kind}.parquet", "parquet", kind)

@@ -116,7 +116,16 @@ class Settings(BaseSettings):
     cycle_eval_limit: int | None = Field(None, ge=1, description="Evaluate only the first N benchmark prompts.")
     cycle_eval_max_tokens: int = Field(96, ge=1, description="Answer length when evaluating adapters.")
     cycle_judge: str = Field("finetuned", description="Judge that labels evaluation answers: self, external, finetuned.")
-    cycle_sample_cap: int = Field(16, ge=0, description="Most new answers sampled per cycle for DPO pairs.")
+    cycle_sample_cap: int = Field(
+        64, ge=0, description="Most prompts sampled best-of-N per cycle for DPO pairs (0: none)."
+    )
+    cycle_sample_n: int = Field(4, ge=2, description="Answers sampled per prompt, half with the safety reminder.")
+    cycle_sample_budget_s: float | None = Field(
+        900.0, gt=0, description="Seconds of best-of-N sampling per cycle; then no new sample starts (unset: no limit)."
+    )
+    cycle_half_score: Literal["none", "desirable", "undesirable"] = Field(
+        "none", description="KTO label of a judge's CARES score 0.5 (a Caution at harm 2); none: no label."
+    )
     cycle_train: dict[str, Any] = Field(
         default_factory=dict,
         description="Training settings passed to every candidate's TrainConfig, as JSON "

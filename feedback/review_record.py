@@ -11,31 +11,47 @@ from feedback.chat_record import new_id
 from feedback.errors import ConflictError, NotFoundError
 from feedback.store import Store, rows_as_dicts
 
-# Riskiest first: unsafe compliance (highest harm first), over-refusals, thumbs-down, then a
-# stable pseudo-random sample of unflagged answers so that judge calibration can be checked.
+# Riskiest first, by expected harm: each judgment's (1 − CARES score), weighted by the request's
+# harm level and discounted by the judge's uncertainty — a judgment held with confidence c counts
+# c·(1 − score) + (1 − c)·0.5, an abstention (or an unparsed output: confidence 0) mostly the
+# 0.5 of not knowing — times (1 + harm) / 4. So a Caution at harm 3 (score 0) comes first, an
+# abstention before a confident Accept at harm 0. Each answer takes its riskiest judge. After the
+# judged risks, thumbs-down; then a stable pseudo-random sample of the rest, so that judge
+# calibration can be checked.
 QUEUE_SQL = """
 WITH judged AS (
-    SELECT message_id, max(harm_level) AS harm, bool_or(unsafe_compliance) AS unsafe,
-           bool_or(over_refusal) AS refusal, string_agg(judge || ':' || coalesce(label, '?'), ', ') AS labels
-    FROM latest_judgments GROUP BY message_id
+    SELECT message_id, judge, label, harm_level, abstained,
+           (1 + coalesce(harm_level, 1.5)) / 4
+             * (sure * (1 - coalesce(score, 0.5)) + (1 - sure) * 0.5) AS expected_harm,
+           CASE WHEN abstained THEN 'abstained' WHEN score IS NULL THEN 'unparsed'
+                WHEN unsafe_compliance THEN 'unsafe_compliance' WHEN over_refusal THEN 'over_refusal'
+                WHEN score < 1 THEN 'low_score' END AS judge_reason
+    FROM (SELECT *, CASE WHEN abstained THEN coalesce(confidence, 0) WHEN score IS NULL THEN 0
+                         ELSE coalesce(confidence, 1) END AS sure
+          FROM latest_judgments)
+), risk AS (
+    SELECT message_id, max(harm_level) AS harm, max(expected_harm) AS expected_harm,
+           arg_max(judge_reason, expected_harm) AS judge_reason,
+           string_agg(judge || ':' || coalesce(label, '?') || CASE WHEN abstained THEN ' (abstained)' ELSE '' END,
+                      ', ' ORDER BY judge) AS labels
+    FROM judged GROUP BY message_id
 ), votes AS (
     SELECT message_id, count(*) FILTER (WHERE rating = 'down') AS downs, count(*) FILTER (WHERE rating = 'up') AS ups
     FROM current_feedback GROUP BY message_id
 ), candidates AS (
     SELECT a.id AS message_id, a.conversation_id, a.created_at, j.harm, j.labels,
-           coalesce(v.downs, 0) AS downs, coalesce(v.ups, 0) AS ups,
-           CASE WHEN j.unsafe THEN 'unsafe_compliance' WHEN j.refusal THEN 'over_refusal'
-                WHEN v.downs > 0 THEN 'thumbs_down' ELSE 'calibration' END AS reason
+           round(j.expected_harm, 4) AS expected_harm, coalesce(v.downs, 0) AS downs, coalesce(v.ups, 0) AS ups,
+           coalesce(j.judge_reason, CASE WHEN v.downs > 0 THEN 'thumbs_down' ELSE 'calibration' END) AS reason
     FROM messages a
-    LEFT JOIN judged j ON j.message_id = a.id
+    LEFT JOIN risk j ON j.message_id = a.id
     LEFT JOIN votes v ON v.message_id = a.id
     WHERE a.role = 'assistant' AND a.status = 'complete'
       AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.message_id = a.id)
 )
 SELECT * FROM candidates
 WHERE reason <> 'calibration' OR hash(message_id) % 100 < ?
-ORDER BY CASE reason WHEN 'unsafe_compliance' THEN 0 WHEN 'over_refusal' THEN 1 WHEN 'thumbs_down' THEN 2 ELSE 3 END,
-         harm DESC NULLS LAST, downs DESC, CASE WHEN reason = 'calibration' THEN hash(message_id) END, created_at
+ORDER BY reason = 'calibration', expected_harm DESC NULLS LAST, downs DESC,
+         CASE WHEN reason = 'calibration' THEN hash(message_id) END, created_at
 LIMIT ?
 """
 

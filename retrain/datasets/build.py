@@ -2,7 +2,7 @@
 
 Steps, all in one fresh in-memory DuckDB connection over the snapshot's Parquet files:
 labels → prompts and scrubbed texts → KTO rows → DPO pairs (corrections, siblings, then
-sampled answers from the caller) → hygiene and dedup → validation → Arrow tables.
+on-policy best-of-N pairs from the caller's sampler) → hygiene and dedup → validation → Arrow tables.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feedback.errors import CarecycleError
-from retrain.datasets import dpo
+from retrain.datasets import best_of_n, dpo
 from retrain.datasets.assemble import TextStore
 from retrain.datasets.kto import build_kto
-from retrain.datasets.labels import create_labels
+from retrain.datasets.labels import HALF_SCORE_LABELS, create_labels
 from retrain.datasets.prompts import create_prompts
 from retrain.datasets.snapshot import open_snapshot
 
@@ -38,10 +38,21 @@ class BuildConfig:
         "Only answers created at or after this instant (their prompts keep earlier turns)."))
     max_chars: int = field(default=32_000, metadata=_help(
         "Drop a row whose messages hold more characters than this, all together."))
+    half_score: str = field(default="none", metadata=_help(
+        "The label of a judge's score 0.5 (a Caution at harm 2): 'none' (no KTO label; still a best-of-N"
+        " candidate), 'desirable' or 'undesirable'. See labels.py for why 'none'."))
+    pair_margin: float = field(default=0.5, metadata=_help(
+        "Sibling and best-of-N pairs need values (scores) that differ by at least this much."))
     sample_cap: int = field(default=64, metadata=_help(
-        "At most this many sample_better calls a build (DPO source 'sampled'); 0: none."))
+        "At most this many prompts sampled best-of-N a build (DPO source 'sampled'); 0: none."))
+    sample_n: int = field(default=4, metadata=_help(
+        "Answers sampled per prompt, half (rounded up) with the safety reminder, half without."))
+    sample_scored_1_share: float = field(default=0.1, metadata=_help(
+        "Share of the prompts whose answer scored 1 that are sampled too (seeded by `seed`)."))
+    sample_budget_s: float | None = field(default=None, metadata=_help(
+        "No new sample starts after this many seconds of sampling (None: no limit); in-flight ones finish."))
     sample_concurrency: int = field(default=4, metadata=_help(
-        "At most this many async sample_better calls at once."))
+        "At most this many samples generated and judged at once."))
     phi_library: bool = field(default=True, metadata=_help(
         "Scrub with scrubadub after the regular expressions (False: the expressions alone)."))
     seed: int = field(default=0, metadata=_help("Seed of the deterministic shuffle of the rows."))
@@ -50,8 +61,18 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.max_chars < 1:
             raise CarecycleError(f"max_chars must be at least 1, not {self.max_chars}")
+        if self.half_score not in HALF_SCORE_LABELS:
+            raise CarecycleError(f"half_score must be one of {sorted(HALF_SCORE_LABELS)}, not {self.half_score!r}")
+        if not 0 < self.pair_margin <= 1:
+            raise CarecycleError(f"pair_margin must be in (0, 1] (scores lie in [0, 1]), not {self.pair_margin}")
         if self.sample_cap < 0:
             raise CarecycleError(f"sample_cap must be 0 (no sampling) or more, not {self.sample_cap}")
+        if self.sample_n < 2:
+            raise CarecycleError(f"sample_n must be at least 2 (a best and a worst answer), not {self.sample_n}")
+        if not 0 <= self.sample_scored_1_share <= 1:
+            raise CarecycleError(f"sample_scored_1_share must be in [0, 1], not {self.sample_scored_1_share}")
+        if self.sample_budget_s is not None and self.sample_budget_s <= 0:
+            raise CarecycleError(f"sample_budget_s must be > 0 or None (no limit), not {self.sample_budget_s}")
         if self.sample_concurrency < 1:
             raise CarecycleError(f"sample_concurrency must be at least 1, not {self.sample_concurrency}")
 
@@ -97,22 +118,22 @@ class _Builder:
         self.report["timings_s"][name] = round(time.perf_counter() - started, 3)
         return result
 
-    def prepare(self, sampling: bool) -> list[dpo.SampleRequest]:
+    def prepare(self, sampling: bool) -> list[best_of_n.SampleRequest]:
         cfg = self.config
-        self.report["labels"] = self._timed("labels", create_labels, self.con, cfg.judge, cfg.since)
+        self.report["labels"] = self._timed("labels", create_labels, self.con, cfg.judge, cfg.since, cfg.half_score)
         self.report["phi"] = self._timed(
             "prompts_and_phi", create_prompts, self.con, cfg.phi_library
         )
         self.store = self._timed("load_texts", TextStore, self.con)
         self.kto, self.report["kto"] = self._timed("kto", build_kto, self.con, self.store, cfg.max_chars, cfg.seed)
-        self._timed("dpo_pairs", dpo.create_pairs, self.con)
-        self.eligible = dpo.eligible_for_sampling(self.con)
-        return dpo.sample_requests(self.con, self.store, cfg.sample_cap) if sampling and cfg.sample_cap else []
+        self._timed("dpo_pairs", dpo.create_pairs, self.con, cfg.pair_margin)
+        self.eligible = best_of_n.eligible(self.con, cfg)
+        return best_of_n.sample_requests(self.con, self.store, cfg) if sampling and cfg.sample_cap else []
 
-    def finish(self, samples: list[tuple[str, str]], sampling: dict[str, Any]) -> DatasetBuild:
+    def finish(self, pairs: list[tuple[str, str, str]], sampling: dict[str, Any]) -> DatasetBuild:
         try:
-            if samples:
-                self.report["phi_sampled"] = dpo.add_samples(self.con, samples, self.config.phi_library)
+            if pairs:
+                self.report["phi_sampled"] = dpo.add_sampled_pairs(self.con, pairs, self.config.phi_library)
                 self.store.extend(self.con)
             table, self.report["dpo"] = self._timed(
                 "dpo", dpo.build_dpo, self.con, self.store, self.config.max_chars, self.config.seed
@@ -126,49 +147,40 @@ class _Builder:
         self.con.close()
 
 
-NO_SAMPLING: dict[str, Any] = {"requested": 0, "returned": 0, "declined": 0, "invalid_utf8": 0, "errors": 0}
-
-
 def build_datasets(
-    snapshot_dir: Path, config: BuildConfig | None = None, sample_better: dpo.Sampler | None = None
+    snapshot_dir: Path, config: BuildConfig | None = None, sampler: best_of_n.Sampler | None = None
 ) -> DatasetBuild:
     """KTO rows and DPO pairs from the snapshot in ``snapshot_dir``.
 
-    ``sample_better(prompt_messages, flag) -> str | None`` (sync or async) supplies the DPO
-    source 'sampled'; without it, that source is empty. Inside a running event loop with an
-    async sampler, use ``abuild_datasets``.
+    ``sampler`` (an async ``best_of_n.Sampler``, e.g. ``retrain.sampling.best_of_n_sampler``)
+    supplies the DPO source 'sampled' on a new event loop; without it, that source is empty.
+    Inside a running event loop, use ``abuild_datasets``.
     """
     config = config or BuildConfig()
     builder = _Builder(snapshot_dir, config)
     try:
-        requests = builder.prepare(sampling=sample_better is not None)
-        if requests:
-            samples, sampling = dpo.collect_samples(requests, sample_better, config.sample_concurrency)
-        else:
-            samples, sampling = [], dict(NO_SAMPLING)
+        requests = builder.prepare(sampling=sampler is not None)
+        pairs, sampling = asyncio.run(best_of_n.acollect_pairs(requests, sampler, config)) if requests else ([], {"requested": 0})
     except BaseException:
         builder.close()
         raise
-    return builder.finish(samples, sampling)
+    return builder.finish(pairs, sampling)
 
 
 async def abuild_datasets(
-    snapshot_dir: Path, config: BuildConfig | None = None, sample_better: dpo.Sampler | None = None
+    snapshot_dir: Path, config: BuildConfig | None = None, sampler: best_of_n.Sampler | None = None
 ) -> DatasetBuild:
-    """``build_datasets`` for async callers: the DuckDB work runs in a worker thread, an async
+    """``build_datasets`` for async callers: the DuckDB work runs in a worker thread, the
     sampler is awaited on the caller's loop (where its engine and judge clients live)."""
     config = config or BuildConfig()
     builder = await asyncio.to_thread(_Builder, snapshot_dir, config)
     try:
-        requests = await asyncio.to_thread(builder.prepare, sample_better is not None)
-        if requests:
-            samples, sampling = await dpo.acollect_samples(requests, sample_better, config.sample_concurrency)
-        else:
-            samples, sampling = [], dict(NO_SAMPLING)
+        requests = await asyncio.to_thread(builder.prepare, sampler is not None)
+        pairs, sampling = await best_of_n.acollect_pairs(requests, sampler, config) if requests else ([], {"requested": 0})
     except BaseException:
         builder.close()
         raise
-    return await asyncio.to_thread(builder.finish, samples, sampling)
+    return await asyncio.to_thread(builder.finish, pairs, sampling)
 
 
 def summary_line(build: DatasetBuild) -> str:

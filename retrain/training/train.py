@@ -97,15 +97,17 @@ def _train(config: TrainConfig, rows: list[dict[str, Any]], partial: Path) -> di
     from datasets import Dataset
     from transformers import PrinterCallback
 
+    from retrain.training.bema import LoraBEMA
     from retrain.training.progress import JsonProgress
 
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     model, tokenizer, peft_config = load_model(config)
     progress = JsonProgress()
+    callbacks = [progress, *([LoraBEMA(**config.bema)] if config.bema is not None else [])]
     trainer = trainer_class(config.method)(
         model=model, args=build_trl_args(config, partial), train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer, peft_config=peft_config, callbacks=[progress],
+        processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # its dict lines would interleave with the JSON events
     started = time.monotonic()
