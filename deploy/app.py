@@ -109,6 +109,8 @@ def cycle_config(settings: Settings) -> CycleConfig:
         eval_split=settings.cycle_eval_split, eval_extra_files=tuple(settings.cycle_eval_extra_files),
         eval_limit=settings.cycle_eval_limit,
         eval_max_tokens=settings.cycle_eval_max_tokens, sample_cap=settings.cycle_sample_cap,
+        sample_n=settings.cycle_sample_n, sample_budget_s=settings.cycle_sample_budget_s,
+        half_score=settings.cycle_half_score,
         system_prompt=settings.system_prompt, train=settings.cycle_train,
     )
 
