@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     judge_sweep_every_s: float = Field(30.0, gt=0, description="How often unjudged answers are looked for.")
     anonymous_chat: bool = Field(
         True,
-        description="Let callers without an API key chat (as `anonymous`; each chat-page session is its own user). "
+        description="Let callers without an API key chat anonymously (each unknown token, address or chat-page "
+        "session is its own user; a key-looking token that matches no key is refused). "
         "Turn off to require sign-in for chatting too.",
     )
     rate_limit_chat: int = Field(30, ge=0, description="Chat requests per user per minute (0: unlimited).")
