@@ -129,19 +129,19 @@ class Cycle:
             step = "signal"
             if (signal := await self._check_signal(cycle_id)) is not None:
                 return self.registry.finish_cycle(cycle_id, "kept", signal)
-            step = "snapshot"
+            step = self._enter(cycle_id, "snapshot")
             snapshot = await asyncio.to_thread(write_snapshot, self.store, folder / "snapshot")
             self.registry.record_step(cycle_id, step, {"snapshot_id": snapshot.snapshot_id, "rows": snapshot.row_counts})
-            step = "datasets"
+            step = self._enter(cycle_id, "datasets")
             build = await self._datasets(cycle_id, snapshot.path, folder)
-            step = "train"
+            step = self._enter(cycle_id, "train")
             candidates = await self._train(cycle_id, methods, build, folder, snapshot.snapshot_id)
             if train_only:
                 return self.registry.finish_cycle(cycle_id, "kept", {
                     "decision": "trained only", "candidates": {v: a["path"] for v, a in candidates.items()}})
-            step = "evaluate"
+            step = self._enter(cycle_id, "evaluate")
             results = await self._evaluate(cycle_id, candidates, folder, loaded)
-            step = "gate"
+            step = self._enter(cycle_id, "gate")
             await self._decide(cycle_id, candidates, results)
         except Exception as exc:  # the cycle record says where and why; serving goes on untouched
             log.error("cycle %s failed at %s: %s", cycle_id, step, exc)
@@ -154,6 +154,11 @@ class Cycle:
             await asyncio.to_thread(shutil.rmtree, folder / "snapshot", True)
             await asyncio.to_thread(self._unload_losers, loaded)
             self.running = None
+
+    def _enter(self, cycle_id: str, step: str) -> str:
+        """Name ``step`` in the cycle record as it starts, so a cycle cut short (a crash, a stop) says where."""
+        self.registry.enter_step(cycle_id, step)
+        return step
 
     async def _check_signal(self, cycle_id: str) -> dict[str, Any] | None:
         signal = self.registry.signal_since_last_cycle()

@@ -117,6 +117,10 @@ class RegistryRecord:
 
         self.store.write(task)
 
+    def enter_step(self, cycle_id: str, step: str) -> None:
+        """The step a cycle is in now (its figures come with ``record_step``)."""
+        self.store.write(lambda conn: conn.execute("UPDATE cycles SET step = ? WHERE id = ?", [step, cycle_id]))
+
     def record_step(self, cycle_id: str, step: str, figures: dict[str, Any]) -> None:
         """Write a step and its figures into the cycle record as it happens."""
         self.store.write(lambda conn: conn.execute(
