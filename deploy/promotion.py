@@ -4,6 +4,7 @@ The new adapter is loaded beside the active one first (a failure there changes n
 the registry records the change (with its audit row), then new requests switch to it.
 Answers already in flight finish on the adapter they started with (the engine captures it per
 request). The previous version stays loaded for an instant rollback; older ones are unloaded.
+Every load first checks the folder against the checksum the registry recorded at training.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Callable
 
 import duckdb
 
+from feedback.audit import audit
 from feedback.errors import CarecycleError, ConflictError
 from feedback.registry_record import RegistryRecord
-from feedback.audit import audit
 from retrain.training import AdapterIntegrityError, verify_adapter
 from serve.engine import Engine
 from serve.errors import AdapterError
