@@ -34,6 +34,7 @@ from retrain.sampling import best_of_n_sampler
 from retrain.training import TrainConfig, run_training
 from serve.engine import Engine
 from serve.judges.base import Judge
+from serve.judges.finetuned import active_summary
 
 from deploy.promotion import promote, verify_registered
 
@@ -181,7 +182,8 @@ class Cycle:
         build = await abuild_datasets(snapshot_dir, build_config, sampler)
         for kind, table in (("kto", build.kto), ("dpo", build.dpo)):
             await asyncio.to_thread(export_dataset, table, folder / f"{kind}.parquet", "parquet", kind)
-        self.registry.record_step(cycle_id, "datasets", {**build.report, "sampling_skipped": no_sampling})
+        self.registry.record_step(cycle_id, "datasets", {**build.report, "sampling_skipped": no_sampling,
+                                                         "judge": active_summary(self.data_dir / "judges", self.store)})
         return build
 
     async def _train(self, cycle_id: str, methods, build, folder: Path, snapshot_id: str) -> dict[str, dict]:

@@ -18,7 +18,7 @@ from serve.judges.agreement import agreement_by_version, held_out, operator_verd
 from serve.judges.base import JudgeError, create_judge
 from serve.judges.cross_encoder import CrossEncoderConfig, choose_threshold, fit_temperature
 from serve.judges.finetuned import (
-    CLASSIFIER_FOLDER, FinetunedJudge, active_classifier, latest_classifier, load_training_rows,
+    CLASSIFIER_FOLDER, FinetunedJudge, active_classifier, active_summary, latest_classifier, load_training_rows,
     resolve_classifier, train_classifier, train_judge,
 )
 from ui.cycles_page import judge_agreement_markdown
@@ -217,6 +217,12 @@ def test_operator_verdicts_join_the_training_data_and_measure_the_new_version(tm
     assert manifest["metrics"]["test"]["operators_held_out"]["all_items"]["items"] == 1
     assert manifest["comparison"]["on"] == "held-out operator verdicts" and manifest["comparison"]["rows"] == 1
     assert manifest["activated"] and active_classifier(tmp_path / "data").name == manifest["version"]
+    with Store(tmp_path / "record.duckdb") as store:
+        summary = active_summary(tmp_path / "data", store)  # what each cycle records
+    assert summary["version"] == manifest["version"] and summary["operators"] is None  # it judged nothing live yet
+    held = summary["test"]["operators_held_out"]
+    assert held["items"] + held["abstention_rate"] == 1  # the one held-out verdict: answered, or abstained on
+    assert active_summary(tmp_path / "nothing trained") is None
 
 
 def test_agreement_per_judge_version_overall_on_held_out_verdicts_and_per_harm_level(tmp_path):
