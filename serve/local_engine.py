@@ -169,7 +169,10 @@ class LocalEngine(Engine):
             key = waiting[0].batch_key
             batch = [r for r in waiting if r.batch_key == key][: self.max_batch]
             waiting = [r for r in waiting if r not in batch]
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception:  # the scheduler must outlive any one batch, or every later chat would hang
+                log.exception("a batch of %d chats failed outside generation", len(batch))
 
     def _run_batch(self, batch: list[_Request]) -> None:
         """Generate ``batch``; if it fails as a whole, each row that has sent nothing yet runs

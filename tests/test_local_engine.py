@@ -1,4 +1,5 @@
-"""LocalEngine's adapter interface: load beside, activate, keep in-flight answers, unload."""
+"""LocalEngine: adapters (load beside, activate, keep in-flight answers, unload), concurrent chats
+batched together, device selection, and an event loop that never waits for the model."""
 
 import asyncio
 
