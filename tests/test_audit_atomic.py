@@ -147,6 +147,8 @@ def test_an_export_and_its_audit_row_commit_together(settings, tmp_path):
         refuse_audit_rows(store, None)
     done = run_cli(*export, data_dir=settings.data_dir)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(out.read_text().splitlines()[0])["label"] is True
+    assert out.is_file() and not (tmp_path / f".{out.name}.unaudited").exists()
     with Store(settings.record_path) as store:
-        assert audit_actions(store, "dataset.export") == [{"actor": "cli", "target": str(out)}]
+        exported = store.read("SELECT actor, target, detail FROM audit_log WHERE action = 'dataset.export'")
+    assert [(row["actor"], row["target"]) for row in exported] == [("cli", str(out))]
+    assert json.loads(exported[0]["detail"])["rows"] == len(out.read_text().splitlines())
