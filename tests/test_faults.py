@@ -401,7 +401,8 @@ def new_signal(http, key) -> None:
     """A vote: the signal a cycle needs before it trains again."""
     answer = http.post("/v1/chat/completions", headers=bearer(key),
                        json={"messages": [{"role": "user", "content": "more about the dose, please"}]}).json()
-    assert http.post("/api/feedback", headers=bearer(key), json={"message_id": answer["id"], "rating": "down"}).status_code == 200
+    voted = http.post("/api/feedback", headers=bearer(key), json={"message_id": answer["id"], "rating": "down"})
+    assert voted.status_code == 200, voted.text
 
 
 def evaluating(live, held: HeldJudge, cycle_id: str) -> None:
@@ -443,9 +444,8 @@ def test_cycle_faults_leave_the_active_adapter_serving_and_the_next_cycle_runs(c
         second = run_in_loop(live, lambda: cycle.trigger("test", "ada", ("kto",)))
         evaluating(live, held, second)
 
-    fresh = LocalEngine(str(tiny_model_dir), model_id="tiny")
+    fresh = LocalEngine(str(tiny_model_dir), model_id="tiny")  # a restart: the same record, a new engine
     with start_server(faulty, fresh) as live, httpx.Client(base_url=live.url, timeout=120) as http:
-        admin, user = accounts_again(live)
         record = live.services.cycle.registry.cycle(second)
         assert (record["status"], record["step"]) == ("interrupted", "evaluate"), record
         assert fresh.active_adapter is None and chat_adapter(http, user) is None
@@ -474,14 +474,6 @@ def test_cycle_faults_leave_the_active_adapter_serving_and_the_next_cycle_runs(c
         record = wait_cycle(http, admin, fourth)
         assert record["status"] in ("promoted", "kept") and "gate" in record["detail"], record
         assert chat_adapter(http, user) == fresh.active_adapter
-
-
-def accounts_again(live) -> tuple[str, str]:
-    """New keys for the accounts `accounts` made before the restart (keys are shown once)."""
-    from feedback.accounts import Accounts
-
-    made = Accounts(live.store)
-    return made.create("t", "ada2", "admin"), made.create("t", "pat2", "user")
 
 
 # -- scheduler --------------------------------------------------------------------------------------
