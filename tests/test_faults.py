@@ -335,7 +335,7 @@ def test_a_failing_migration_rolls_back_names_its_file_and_keeps_the_previous_ve
     record = tmp_path / "carecycle.duckdb"
     shutil.copy(OLD_RECORDS / "record_v1.duckdb", record)
     shipped = migration_files()
-    monkeypatch.setattr(feedback.store, "migration_files", lambda: [m for m in shipped if m[0] < 3] + [BROKEN])
+    monkeypatch.setattr(feedback.store, "migration_files", lambda *_: [m for m in shipped if m[0] < 3] + [BROKEN])
     with pytest.raises(StoreError, match=r"migration 003_broken\.sql failed .*no_such_table"):
         Store(record).open()
 
