@@ -4,11 +4,12 @@
 
 The record is synthesized in DuckDB SQL (generate_series, seeded random) into an in-memory
 database with the real schema, then written with the snapshot code itself. Multi-turn
-conversations, regenerations (siblings), failed answers, votes, two judges, operator reviews
-with corrections, some PHI and some duplicates. Timed: ``build_datasets`` on that snapshot,
-and, as a baseline on the same machine in the same run, a plain DuckDB scan of the same
-Parquet files (the machine is shared and noisy: compare the ratio, not the seconds), and the
-CPU seconds of the process (all DuckDB threads), which other load disturbs less than wall time.
+conversations with the prompt each answer was served, regenerations (siblings), failed
+answers, votes, two judges, operator reviews with corrections, some PHI and some duplicates.
+Timed: ``build_datasets`` on that snapshot, and, as a baseline on the same machine in the
+same run, a plain DuckDB scan of the same Parquet files (the machine is shared and noisy:
+compare the ratio, not the seconds), and the CPU seconds of the process (all DuckDB threads),
+which other load disturbs less than wall time.
 The synthetic record is seeded, but DuckDB's random() across threads is not: counts vary by a
 few rows from run to run. Target: under 30 s for 1M answers.
 """
@@ -70,6 +71,25 @@ SELECT 'a' || a.a, 'c' || q.conv, 'q' || a.q, 'assistant',
        q.asked + to_seconds(5 + (a.a >= {questions})::INT * (10 + a.a % 90))
 FROM a JOIN q USING (q);
 
+-- what each question's answers were served: the system prompt, then the conversation as the
+-- user saw it (each earlier question and its first answer), then the question
+CREATE TEMP TABLE served AS
+WITH thread AS (
+    SELECT e.q, e.conv, e.turn, 0 AS k, 'user' AS role, m.content FROM q e JOIN messages m ON m.id = 'q' || e.q
+    UNION ALL
+    SELECT e.q, e.conv, e.turn, 1, 'assistant', m.content FROM q e JOIN messages m ON m.id = 'a' || e.q
+)
+SELECT q.q, to_json(list_prepend({{'content': 'You are a careful medical assistant for a clinic.', 'role': 'system'}},
+                                 list({{'content': t.content, 'role': t.role}} ORDER BY t.turn, t.k))) AS messages
+FROM q JOIN thread t ON t.conv = q.conv AND (t.turn < q.turn OR (t.turn = q.turn AND t.k = 0))
+GROUP BY q.q;
+
+INSERT INTO prompts (id, messages, reconstructed, created_at)
+SELECT sha256(messages) AS id, any_value(messages), false, TIMESTAMPTZ '2026-01-01 00:00:00+00' FROM served GROUP BY id;
+
+UPDATE messages SET prompt_id = sha256(s.messages) FROM served s
+WHERE messages.role = 'assistant' AND messages.parent_id = 'q' || s.q;
+
 INSERT INTO feedback (seq, message_id, user_id, rating, created_at)
 SELECT a * 2 + k, 'a' || a, 'u' || (a % 997 + k), CASE WHEN random() < 0.7 THEN 'up' ELSE 'down' END,
        TIMESTAMPTZ '2026-02-01 00:00:00+00'
@@ -102,7 +122,7 @@ def record_schema(con: duckdb.DuckDBPyConnection) -> None:
     checks (building a million rows' key indexes would dominate the synthesis)."""
     for _, _, sql in migration_files():
         con.execute(sql)
-    for table in ("feedback", "judgments", "reviews", "messages", "conversations"):
+    for table in ("feedback", "judgments", "reviews", "messages", "conversations", "prompts"):
         con.execute(f"CREATE TABLE {table}_bare AS FROM {table} LIMIT 0")
         con.execute(f"DROP TABLE {table}")
         con.execute(f"ALTER TABLE {table}_bare RENAME TO {table}")

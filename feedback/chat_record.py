@@ -51,7 +51,8 @@ def served_prompt(messages: list[dict[str, str]]) -> tuple[str, str]:
 
 
 def store_prompt(conn: duckdb.DuckDBPyConnection, prompt_id: str, text: str) -> None:
-    """Add a prompt unless the record has it already: one row per distinct prompt."""
+    """Add a prompt unless the record has it already: one row per distinct prompt. ON CONFLICT
+    keeps it right where several writers insert the same prompt at once (PostgreSQL replicas)."""
     conn.execute("INSERT INTO prompts (id, messages) VALUES (?, ?) ON CONFLICT DO NOTHING", [prompt_id, text])
 
 
