@@ -12,8 +12,9 @@ CREATE TABLE prompts (
     created_at     TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
 );
 
--- NULL only on a user or system message. No foreign key: a deletion removes the messages first,
--- then the prompts no message refers to any more (feedback/retention.py).
+-- NULL only on a user or system message. No foreign key: a prompt is shared by identical
+-- requests, and a deletion removes it with the last message that refers to it
+-- (feedback/retention.py).
 ALTER TABLE messages ADD COLUMN prompt_id TEXT;
 
 -- Answers written before this migration: their prompt rebuilt the way the dataset builder did.
