@@ -8,7 +8,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from deploy import cli_admin, cli_judges, cli_learning
+from deploy import cli_admin, cli_db, cli_judges, cli_learning
 from deploy.cli_admin import fail as _fail
 from deploy.settings import Settings
 from feedback.errors import CarecycleError
@@ -26,6 +26,7 @@ app.command()(cli_learning.retrain)
 app.command()(cli_learning.export)
 app.command("eval")(cli_learning.evaluate)
 app.add_typer(cli_learning.adapters_app, name="adapters")
+app.add_typer(cli_db.db_app, name="db")
 
 
 @model_app.command("prepare")

@@ -39,9 +39,12 @@ QueuedWrite = tuple[WriteTask, concurrent.futures.Future]
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every shipped migration, in order."""
+def migration_files(dialect: str = "") -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every shipped migration, in order: DuckDB's, or those of
+    ``dialect`` (a subfolder, e.g. "postgresql")."""
     folder = resources.files("feedback") / "migrations"
+    if dialect:
+        folder = folder / dialect
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_NAME.match(entry.name)

@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 
 from tests.tiny_model import build_tiny_model
+from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures of the postgres tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
