@@ -35,9 +35,10 @@ def _delete_conversations(store: Store, where_sql: str, params: list,
                           audited: Callable[[duckdb.DuckDBPyConnection, ForgetReport], None]) -> ForgetReport:
     """Delete in three transactions: DuckDB checks a foreign key against committed rows, so
     children must be gone (committed) before their parents go. The first erases — the children
-    go, the messages' text is blanked — and writes the audit row (``audited``) in the same
-    transaction: neither commits without the other. The next two remove the emptied rows; each
-    is idempotent: an interruption is finished by running the same deletion again."""
+    go, the messages' text is blanked, the served prompts no other message refers to go — and
+    writes the audit row (``audited``) in the same transaction: neither commits without the other.
+    The next two remove the emptied rows; each is idempotent: an interruption is finished by
+    running the same deletion again."""
 
     doomed, doomed_messages = (f"{name}_{uuid.uuid4().hex[:8]}" for name in ("doomed", "doomed_messages"))
 
@@ -47,6 +48,9 @@ def _delete_conversations(store: Store, where_sql: str, params: list,
                      f" SELECT id, prompt_id FROM messages WHERE conversation_id IN (SELECT id FROM {doomed})")
         delete_children(conn)
         conn.execute(f"UPDATE messages SET content = '' WHERE id IN (SELECT id FROM {doomed_messages})")
+        conn.execute(f"DELETE FROM prompts WHERE id IN (SELECT prompt_id FROM {doomed_messages}) AND id NOT IN"
+                     f" (SELECT prompt_id FROM messages WHERE prompt_id IS NOT NULL"
+                     f"  AND id NOT IN (SELECT id FROM {doomed_messages}))")
         report = ForgetReport(
             conn.execute(f"SELECT count(*) FROM {doomed}").fetchone()[0],
             conn.execute(f"SELECT count(*) FROM {doomed_messages}").fetchone()[0],
@@ -59,11 +63,8 @@ def _delete_conversations(store: Store, where_sql: str, params: list,
         for table in _DEPENDENT_TABLES:
             conn.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT id FROM {doomed_messages})")
 
-    def delete_messages(conn: duckdb.DuckDBPyConnection) -> int:
-        deleted = conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM {doomed_messages})").fetchone()[0]
-        conn.execute(f"DELETE FROM prompts WHERE id IN (SELECT prompt_id FROM {doomed_messages})"
-                     " AND id NOT IN (SELECT prompt_id FROM messages WHERE prompt_id IS NOT NULL)")
-        return deleted
+    def delete_messages(conn: duckdb.DuckDBPyConnection) -> None:
+        conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM {doomed_messages})")
 
     with _deleting:
         try:
