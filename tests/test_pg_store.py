@@ -9,11 +9,15 @@ import threading
 import psycopg
 import pytest
 
+from feedback.accounts import Accounts
 from feedback.audit import audit, audit_rows
 from feedback.chat_record import Answer, ChatRecord
 from feedback.errors import NotFoundError, StoreError
 from feedback.judgment_record import JudgmentRecord, JudgmentRow
 from feedback.pg_store import PgStore, pg_query
+from feedback.registry_record import RegistryRecord
+from feedback.retention import forget_conversation
+from feedback.review_record import ReviewRecord
 from feedback.store import Store, migration_files
 
 pytestmark = pytest.mark.postgres
@@ -78,6 +82,32 @@ def test_the_chat_and_judgment_queries_run_on_both_backends(any_store):
     assert any_store.read_one("SELECT messages FROM prompts")[0] == '[{"content":"Is 100% of the dose safe?","role":"user"}]'
     with pytest.raises(NotFoundError):  # someone else's answer stays unknown
         asyncio.run(chats.vote("u2", message_id, "up", None, None))
+
+
+def test_accounts_adapters_verdicts_and_forget_run_on_both_backends(any_store):
+    """The named queries that already run unchanged on PostgreSQL. Still DuckDB-only (issue 15):
+    cycle step and outcome figures (json_object, json_merge_patch), a candidate's rejection,
+    signal_since_last_cycle (json_exists), the review queue (arg_max) and purge_expired (to_days)."""
+    asyncio.run(ChatRecord(any_store).start_turn("u1", "conv-1", "question"))
+    answer_id = any_store.read_one("SELECT id FROM messages")[0]
+    any_store.write(lambda conn: conn.execute(
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content) VALUES ('a1', 'conv-1', ?, 'assistant', 'x')", [answer_id]))
+    accounts, registry, reviews = Accounts(any_store), RegistryRecord(any_store), ReviewRecord(any_store)
+
+    accounts.create("cli", "op1", "operator", "a-long-password-123")
+    assert accounts.by_password("op1", "a-long-password-123").role == "operator"
+    registry.register("v1", None, "kto", "/adapters/v1", "sum", "base", "snap", ["a1"])
+    assert registry.make_active("cli", "v1", "promote") == {"active": "v1", "previous": None, "retired": []}
+    assert registry.adapter("v1")["status"] == "active"
+    reviews.open_item("op1", "a1")
+    reviews.add_verdict("op1", "a1", {"label": "Refuse", "harm_level": 3, "verdict": "undesirable",
+                                      "corrected_answer": "No.", "judge_correct": None}, None)
+    assert any_store.read("SELECT label, corrected_answer FROM latest_reviews") == [{"label": "Refuse", "corrected_answer": "No."}]
+
+    report = forget_conversation(any_store, "cli", "conv-1")
+    assert (report.conversations, report.messages, report.adapters_trained_on_them) == (1, 2, ["v1"])
+    assert any_store.read_one("SELECT count(*) FROM messages")[0] == 0
+    assert [r["action"] for r in audit_rows(any_store)][0] == "conversation.forget"
 
 
 def test_failed_write_rolls_back_and_reaches_the_caller(any_store):
