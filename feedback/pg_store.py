@@ -105,7 +105,9 @@ class PgStore:
         self.connect().close()
         self._pool = ConnectionPool(
             self.url, min_size=1, max_size=self.pool_size, open=False, timeout=30.0,
-            kwargs={"autocommit": True, "cursor_factory": psycopg.ClientCursor}, configure=configure_connection, name="carecycle-record",
+            kwargs={"autocommit": True, "cursor_factory": psycopg.ClientCursor}, configure=configure_connection,
+            check=ConnectionPool.check_connection,  # a connection the server dropped is replaced before use
+            name="carecycle-record",
         )
         self._pool.open(wait=True, timeout=self.connect_timeout_s)
         self._executor = concurrent.futures.ThreadPoolExecutor(self.pool_size, thread_name_prefix="carecycle-pg-write")

@@ -142,6 +142,17 @@ def test_two_stores_writing_at_once_are_serialised(postgres_url):
     assert ids == [f"c{n:04d}" for n in range(60)]
 
 
+def test_connections_the_server_dropped_are_replaced(postgres_url):
+    with PgStore(postgres_url, pool_size=2) as store:
+        store.write(lambda conn: audit(conn, "cli", "before", None))
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                    " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+        assert dropped >= 1
+        store.write(lambda conn: audit(conn, "cli", "after", None))
+        assert [r["action"] for r in audit_rows(store)] == ["after", "before"]
+
+
 def test_a_record_newer_than_the_code_is_refused(postgres_url):
     PgStore(postgres_url).open().close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
