@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         "(empty: none).",
     )
     judge_classifier: Path | None = Field(
-        None, description="Finetuned judge folder; default: the newest one `carecycle judge train` wrote."
+        None, description="Finetuned judge folder; default: the active one (`carecycle judge train` activates a "
+        "new version only if it agrees better with people)."
     )
     judge_url: str | None = Field(None, description="External judge: an OpenAI-compatible base URL ending in /v1.")
     judge_model: str | None = Field(None, description="External judge: the model name to ask.")
