@@ -163,7 +163,7 @@ class LocalEngine(Engine):
         while True:
             if not waiting:
                 waiting.append(self._incoming.get())
-                time.sleep(self.admission_window_s)  # requests that arrive together are generated together
+                self._admit(waiting)
             while not self._incoming.empty():
                 waiting.append(self._incoming.get())
             key = waiting[0].batch_key
@@ -173,6 +173,20 @@ class LocalEngine(Engine):
                 self._run_batch(batch)
             except Exception:  # the scheduler must outlive any one batch, or every later chat would hang
                 log.exception("a batch of %d chats failed outside generation", len(batch))
+
+    def _admit(self, waiting: list[_Request]) -> None:
+        """Requests that arrive together are generated together: after an idle spell, admit
+        arrivals while each comes within the admission window of the one before (at most ten
+        windows in all, or max_batch requests)."""
+        deadline = time.monotonic() + 10 * self.admission_window_s
+        while len(waiting) < self.max_batch:
+            timeout = min(self.admission_window_s, deadline - time.monotonic())
+            if timeout <= 0:
+                return
+            try:
+                waiting.append(self._incoming.get(timeout=timeout))
+            except queue.Empty:
+                return
 
     def _run_batch(self, batch: list[_Request]) -> None:
         """Generate ``batch``; if it fails as a whole, each row that has sent nothing yet runs
