@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import CarecycleError, ConflictError
-from feedback.registry_record import RegistryRecord
+from feedback.registry_record import RegistryRecord, candidate_version
 from feedback.store import Store
 from retrain.datasets.build import BuildConfig, abuild_datasets
 from retrain.datasets.export import export_dataset
@@ -149,6 +149,7 @@ class Cycle:
             self.registry.finish_cycle(cycle_id, "failed", {
                 "failed_step": step, "error": f"{type(exc).__name__}: {exc}",
                 "trace": traceback.format_exc(limit=3)})
+            self.registry.reject_candidates_of(cycle_id, f"cycle {cycle_id} failed at {step}")
         finally:
             # the snapshot holds unscrubbed transcripts: only the scrubbed datasets may outlive the
             # cycle (a deletion request or the retention period must not miss a copy)
@@ -191,7 +192,7 @@ class Cycle:
         candidates, figures = {}, {}
         for method in methods:
             table = build.kto if method == "kto" else build.dpo
-            version = f"{method}-{cycle_id.removeprefix('cyc-')}"
+            version = candidate_version(method, cycle_id)
             config = TrainConfig(
                 method=method, base_model=self.base_model, dataset=str(folder / f"{method}.parquet"),
                 output_dir=str(self.data_dir / "adapters" / version), init_adapter=active["path"] if active else None,

@@ -17,6 +17,9 @@ from feedback.audit import audit
 from feedback.errors import ConflictError, NotFoundError
 from feedback.store import Store
 
+_REJECT_SQL = ("UPDATE adapters SET status = 'rejected', metrics = json_merge_patch(coalesce(metrics, '{{}}'),"
+               " json_object('rejected_because', ?)), updated_at = now() WHERE status = 'candidate' AND {which}")
+
 
 class RegistryRecord:
     def __init__(self, store: Store):
@@ -44,9 +47,7 @@ class RegistryRecord:
         """Reject a candidate; ``also`` runs in the same transaction (a decision's record and audit row)."""
 
         def task(conn: duckdb.DuckDBPyConnection) -> None:
-            conn.execute("UPDATE adapters SET status = 'rejected', metrics = json_merge_patch(coalesce(metrics, '{}'),"
-                         " json_object('rejected_because', ?)), updated_at = now() WHERE version = ? AND status = 'candidate'",
-                         [reason, version])
+            conn.execute(_REJECT_SQL.format(which="version = ?"), [reason, version])
             if also is not None:
                 also(conn)
 
@@ -145,14 +146,21 @@ class RegistryRecord:
         return record
 
     def interrupt_running(self) -> list[str]:
-        """Cycles left 'running' by a server that died: mark them interrupted."""
+        """Cycles left 'running' by a server that died: mark them interrupted and reject the
+        candidates they trained (no gate ever passed them)."""
 
         def task(conn: duckdb.DuckDBPyConnection) -> list[str]:
             ids = [row[0] for row in conn.execute("SELECT id FROM cycles WHERE status = 'running'").fetchall()]
             conn.execute("UPDATE cycles SET status = 'interrupted', finished_at = now() WHERE status = 'running'")
+            for cycle_id in ids:
+                _reject_candidates_of(conn, cycle_id, f"cycle {cycle_id} was interrupted")
             return ids
 
         return self.store.write(task)
+
+    def reject_candidates_of(self, cycle_id: str, reason: str) -> None:
+        """Reject every candidate ``cycle_id`` trained: a failed cycle leaves none waiting."""
+        self.store.write(lambda conn: _reject_candidates_of(conn, cycle_id, reason))
 
     def cycles(self, limit: int = 50) -> list[dict[str, Any]]:
         return [_decoded(row) for row in self.store.read("SELECT * FROM cycles ORDER BY started_at DESC LIMIT ?", [limit])]
@@ -182,3 +190,12 @@ def _finish(conn: duckdb.DuckDBPyConnection, cycle_id: str, status: str, figures
 
 def _decoded(cycle: dict[str, Any]) -> dict[str, Any]:
     return {**cycle, "detail": json.loads(cycle["detail"]) if cycle["detail"] else {}}
+
+
+def candidate_version(method: str, cycle_id: str) -> str:
+    """The version name of the candidate ``method`` trained in ``cycle_id`` (never reused)."""
+    return f"{method}-{cycle_id.removeprefix('cyc-')}"
+
+
+def _reject_candidates_of(conn: duckdb.DuckDBPyConnection, cycle_id: str, reason: str) -> None:
+    conn.execute(_REJECT_SQL.format(which="version LIKE '%-' || ?"), [reason, cycle_id.removeprefix("cyc-")])

@@ -200,16 +200,24 @@ def test_a_failing_step_is_recorded_and_serving_goes_on(cycle_settings, tiny_eng
             assert record["status"] == "failed" and record["detail"]["outcome"]["failed_step"] == "evaluate"
             assert "benchmark" in record["detail"]["outcome"]["error"]
             assert http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        # the candidates it trained never passed a gate: none is left waiting as a candidate
+        trained = live.store.read("SELECT method, status FROM adapters ORDER BY method")
+        assert trained == [{"method": "dpo", "status": "rejected"}, {"method": "kto", "status": "rejected"}]
 
 
 def test_an_interrupted_cycle_is_marked_on_restart(cycle_settings, tiny_engine):
-    from feedback.registry_record import RegistryRecord
+    from feedback.registry_record import RegistryRecord, candidate_version
     from feedback.store import Store
 
     with Store(cycle_settings.record_path) as store:
-        RegistryRecord(store).start_cycle("cyc-killed", "schedule")
+        registry = RegistryRecord(store)
+        registry.start_cycle("cyc-killed", "schedule")
+        for cycle_id in ("cyc-killed", "cyc-other"):  # a candidate of the killed cycle, one of another
+            registry.register(candidate_version("kto", cycle_id), None, "kto", "/nowhere", "0", "base", "snap", [])
     with start_server(cycle_settings, tiny_engine) as live:
         assert live.store.read("SELECT status FROM cycles WHERE id = 'cyc-killed'") == [{"status": "interrupted"}]
+        assert live.store.read("SELECT version, status FROM adapters ORDER BY version") == [
+            {"version": "kto-killed", "status": "rejected"}, {"version": "kto-other", "status": "candidate"}]
 
 
 def test_the_schedule_registers_one_nightly_job_in_its_time_zone(cycle_settings, tiny_engine):
