@@ -64,7 +64,7 @@ def server_env(args: argparse.Namespace, data_dir: Path, port: int) -> dict[str,
         "CYCLE_ENABLED": "false", "CYCLE_MIN_SIGNAL": "1", "CYCLE_EVAL_MAX_TOKENS": str(args.max_tokens),
         "MAX_TOKENS": str(args.max_tokens), "RATE_LIMIT_CHAT": "0", "RATE_LIMIT_FEEDBACK": "0",
         "CYCLE_TRAIN": args.train, "JUDGES": "finetuned", "CYCLE_JUDGE": "finetuned",
-        **({"MODEL": str(args.model)} if args.model else {}),
+        "MODEL": str(args.model),
         **({"JUDGE_CLASSIFIER": str(args.judge_classifier)} if args.judge_classifier else {}),
         **({"CYCLE_EVAL_LIMIT": str(args.eval_limit)} if args.eval_limit else {}),
         **({"CYCLE_SAMPLE_CAP": str(args.sample_cap)} if args.sample_cap is not None else {}),
@@ -166,7 +166,8 @@ def print_metrics(name: str, metrics: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="model folder (default: the prepared SmolLM2)")
+    parser.add_argument("--model", type=Path, default=ROOT / "data" / "models" / "SmolLM2-135M-Instruct",
+                        help="model folder (default: the SmolLM2 that `carecycle model prepare` wrote in ./data)")
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--chats", type=int, default=72, help="simulated chats before each cycle")
     parser.add_argument("--eval-limit", type=int, help="evaluate only the first N prompts (cycle and test split)")
