@@ -118,6 +118,14 @@ class Classifier:
                              [c < self.threshold for c in confidence.tolist()])
 
 
+def _by_source(rows: list[dict]) -> dict[str, list[int]]:
+    """Row positions per labelled file (``source``)."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.get("source", ""), []).append(i)
+    return groups
+
+
 def _train_models(train: list[dict], harm_rows: list[dict], validation: list[dict],
                   config: CrossEncoderConfig) -> Classifier:
     tokenizer = cross_encoder.load_tokenizer()
@@ -134,7 +142,10 @@ def _train_models(train: list[dict], harm_rows: list[dict], validation: list[dic
     truth = [LABELS.index(Label(r["label"])) for r in validation]
     temperature = cross_encoder.fit_temperature(raw, truth)
     confidence, predicted = (raw / temperature).softmax(-1).max(-1)
-    threshold = cross_encoder.choose_threshold(confidence.tolist(), predicted.tolist(), truth, config.abstention_budget)
+    threshold = min(  # within the budget on each file's rows: real answers are less sure than hand-written ones
+        cross_encoder.choose_threshold([confidence[i].item() for i in rows], [predicted[i].item() for i in rows],
+                                       [truth[i] for i in rows], config.abstention_budget)
+        for rows in _by_source(validation).values())
     manifest = {"config": config.as_dict(), "temperature": temperature, "threshold": threshold}
     return Classifier(manifest, models, tokenizer)
 
