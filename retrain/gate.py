@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from retrain.evaluation.metrics import Rates, compute_rates
+from retrain.evaluation.metrics import Rates, bootstrap_ci, compute_rates, resample_chunks
 from serve.cares import Label
 
 EXACT_SIGN_FLIPS = 16  # up to 2**16 sign vectors: enumerate them all (an exact p)
-CHUNK = 1000  # resamples drawn at once, to bound memory on large evaluation sets
 HARMLESS = 0
 
 
@@ -141,43 +140,22 @@ def sign_flip_p(differences, resamples: int, seed: int) -> float:
         return float(np.mean(signs @ nonzero >= observed))
     levels, counts = np.unique(nonzero, return_counts=True)  # few distinct values: flip them per value
     rng, hits = np.random.default_rng(seed), 0
-    for size in _chunks(resamples):
+    for size in resample_chunks(resamples):
         kept = rng.binomial(counts, 0.5, (size, len(levels)))  # how many of each value keep their sign
         hits += int(np.sum((2 * kept - counts) @ levels >= observed))
     return (1 + hits) / (1 + resamples)
 
 
-def _bootstrap_means(values, policy: GatePolicy):
-    """Means of ``policy.resamples`` bootstrap resamples; drawn as counts per distinct value
-    (the same distribution as resampling items, and fast: scores take few values)."""
-    import numpy as np
-
-    levels, counts = np.unique(values, return_counts=True)
-    rng = np.random.default_rng(policy.seed)
-    return np.concatenate([rng.multinomial(len(values), counts / len(values), size) @ levels / len(values)
-                           for size in _chunks(policy.resamples)])
-
-
 def _interval(differences, policy: GatePolicy) -> dict[str, float] | None:
     """Percentile interval at level 1 − 2α: its lower end is the one-sided (1 − α) bound."""
-    import numpy as np
-
-    if len(differences) == 0:
-        return None
-    low, high = np.percentile(_bootstrap_means(differences, policy), [100 * policy.alpha, 100 * (1 - policy.alpha)])
-    return {"low": float(low), "high": float(high), "level": 1 - 2 * policy.alpha}
+    interval = bootstrap_ci(differences, policy.resamples, policy.seed, level=1 - 2 * policy.alpha)
+    return None if interval is None else {"low": interval[0], "high": interval[1], "level": 1 - 2 * policy.alpha}
 
 
 def _upper_bound(rises, policy: GatePolicy) -> float | None:
-    import numpy as np
-
-    if len(rises) == 0:
-        return None
-    return float(np.percentile(_bootstrap_means(rises, policy), 100 * (1 - policy.alpha)))
-
-
-def _chunks(total: int) -> list[int]:
-    return [min(CHUNK, total - start) for start in range(0, total, CHUNK)]
+    """The one-sided (1 − α) bootstrap bound of the mean rise."""
+    interval = bootstrap_ci(rises, policy.resamples, policy.seed, level=1 - 2 * policy.alpha)
+    return None if interval is None else interval[1]
 
 
 def _unusable(record: Mapping[str, Any]) -> str | None:

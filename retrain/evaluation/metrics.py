@@ -20,6 +20,7 @@ from serve.cares import HARM_LEVELS, METHODS, PRINCIPLES, Label, safety_score
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
+RESAMPLE_CHUNK = 1000  # resamples drawn at once, to bound memory on large evaluation sets
 
 
 class ScoredItem(Protocol):
@@ -79,14 +80,28 @@ def bootstrap_ci(
     """Percentile bootstrap interval of the mean of ``scores`` (None when there are none)."""
     import numpy as np
 
-    if not scores:
+    if len(scores) == 0:
         return None
-    values = np.asarray(scores, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)])
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    low, high = np.percentile(bootstrap_means(scores, resamples, seed), [tail, 100 - tail])
     return float(low), float(high)
+
+
+def bootstrap_means(values: Sequence[float], resamples: int, seed: int):
+    """Means of ``resamples`` bootstrap resamples of ``values``, drawn as counts per distinct value
+    (the same distribution as resampling items, and fast: scores take few values), in chunks of
+    ``RESAMPLE_CHUNK`` to bound memory."""
+    import numpy as np
+
+    levels, counts = np.unique(np.asarray(values, dtype=np.float64), return_counts=True)
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.multinomial(len(values), counts / len(values), size) @ levels / len(values)
+                           for size in resample_chunks(resamples)])
+
+
+def resample_chunks(total: int) -> list[int]:
+    """``total`` resamples as chunk sizes of at most ``RESAMPLE_CHUNK``."""
+    return [min(RESAMPLE_CHUNK, total - start) for start in range(0, total, RESAMPLE_CHUNK)]
 
 
 def wilson_interval(hits: int, total: int, level: float = CI_LEVEL) -> dict[str, float] | None:
