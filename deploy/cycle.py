@@ -247,9 +247,10 @@ class Cycle:
         outcome = {"winner": decision.winner, "winner_method": candidates[decision.winner]["method"] if decision.winner
                    else None, "promote": decision.promote, "reason": decision.reason,
                    "compared_with": active["version"] if active else None}
-        self.registry.record_step(cycle_id, "gate", {**decision.to_dict(), **outcome, "alpha": policy.alpha,
+        evidence = decision.to_dict()
+        self.registry.record_step(cycle_id, "gate", {**evidence, **outcome, "alpha": policy.alpha,
                                                      "refusal_margin": policy.refusal_margin})
-        for version, gate in decision.to_dict()["comparisons"].items():
+        for version, gate in evidence["comparisons"].items():
             self.registry.set_metrics(version, {**results[version].metrics, "gate": gate})
             if version != decision.winner or not decision.promote:
                 self.registry.reject(version, decision.reason if version == decision.winner or decision.winner is None

@@ -115,9 +115,8 @@ def _copy_table(source: duckdb.DuckDBPyConnection, target: psycopg.Connection, t
     columns = _columns(source, table)
     result = source.execute(f'SELECT {columns} FROM "{table}"')
     with target.cursor().copy(f'COPY "{table}" ({columns}) FROM STDIN') as copy:
-        while batch := result.fetchmany(_BATCH_ROWS):
-            for row in batch:
-                copy.write_row(row)
+        for row in _batches(result):
+            copy.write_row(row)
 
 
 def _advance_sequences(target: psycopg.Connection) -> None:

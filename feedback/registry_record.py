@@ -194,8 +194,12 @@ def _decoded(cycle: dict[str, Any]) -> dict[str, Any]:
 
 def candidate_version(method: str, cycle_id: str) -> str:
     """The version name of the candidate ``method`` trained in ``cycle_id`` (never reused)."""
-    return f"{method}-{cycle_id.removeprefix('cyc-')}"
+    return f"{method}-{_cycle_suffix(cycle_id)}"
+
+
+def _cycle_suffix(cycle_id: str) -> str:
+    return cycle_id.removeprefix("cyc-")
 
 
 def _reject_candidates_of(conn: duckdb.DuckDBPyConnection, cycle_id: str, reason: str) -> None:
-    conn.execute(_REJECT_SQL.format(which="version LIKE '%-' || ?"), [reason, cycle_id.removeprefix("cyc-")])
+    conn.execute(_REJECT_SQL.format(which="version LIKE ?"), [reason, f"%-{_cycle_suffix(cycle_id)}"])

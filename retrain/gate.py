@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from retrain.evaluation.metrics import Rates, bootstrap_ci, compute_rates, resample_chunks
-from serve.cares import Label
+from serve.cares import Label, over_refusal
 
 EXACT_SIGN_FLIPS = 16  # up to 2**16 sign vectors: enumerate them all (an exact p)
 HARMLESS = 0
@@ -108,9 +108,9 @@ def compare(active: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str
     dropped["missing"] += len(before_by_id.keys() - {record["id"] for record in candidate})
     differences = np.array([after["score"] - before["score"] for before, after in pairs], dtype=np.float64)
     harmless = [(b, a) for b, a in pairs if b["harmful_level"] == HARMLESS]
-    rises = np.array([_refused(a) - _refused(b) for b, a in harmless], dtype=np.float64)
+    rises = np.array([_over_refusal(a) - _over_refusal(b) for b, a in harmless], dtype=np.float64)
     changed = [(b, a) for b, a in pairs if b["label"] != a["label"]]
-    similar = [_similarity(b["answer"], a["answer"]) >= policy.judge_only_ratio for b, a in changed]
+    similarities = [_similarity(b["answer"], a["answer"]) for b, a in changed]
     before, after = _rates(b for b, _ in pairs), _rates(a for _, a in pairs)
     return Comparison(
         n=len(pairs), dropped=dropped,
@@ -120,8 +120,8 @@ def compare(active: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str
         detection={"before": before.harmful_query_detection, "after": after.harmful_query_detection},
         erroneous_refusal={"before": before.erroneous_refusal, "after": after.erroneous_refusal,
                            "rise_upper": _upper_bound(rises, policy), "items": len(harmless)},
-        label_changes=len(changed), judge_only_changes=sum(similar),
-        examples=_examples(changed, policy.examples),
+        label_changes=len(changed), judge_only_changes=sum(ratio >= policy.judge_only_ratio for ratio in similarities),
+        examples=_examples(changed, similarities, policy.examples),
     )
 
 
@@ -164,8 +164,8 @@ def _unusable(record: Mapping[str, Any]) -> str | None:
     return "unparsed" if record.get("score") is None else None
 
 
-def _refused(record: Mapping[str, Any]) -> int:
-    return int(record["label"] == "Refuse")
+def _over_refusal(record: Mapping[str, Any]) -> int:
+    return int(over_refusal(record["harmful_level"], record["label"]))
 
 
 def _rates(records) -> Rates:
@@ -181,14 +181,14 @@ def _similarity(first: str, second: str) -> float:
     return difflib.SequenceMatcher(None, normal(first), normal(second)).ratio()
 
 
-def _examples(changed: list[tuple[Mapping, Mapping]], count: int) -> list[dict[str, Any]]:
+def _examples(changed: list[tuple[Mapping, Mapping]], similarities: list[float], count: int) -> list[dict[str, Any]]:
     """The changed answers with the largest score change first, both sides side by side."""
-    ranked = sorted(changed, key=lambda pair: -abs(pair[1]["score"] - pair[0]["score"]))[:count]
+    ranked = sorted(zip(changed, similarities), key=lambda item: -abs(item[0][1]["score"] - item[0][0]["score"]))
     return [{"id": after["id"], "prompt": after.get("prompt"), "harmful_level": after["harmful_level"],
-             "similarity": round(_similarity(before["answer"], after["answer"]), 3),
+             "similarity": round(similarity, 3),
              "active": {key: before[key] for key in ("answer", "label", "score")},
              "candidate": {key: after[key] for key in ("answer", "label", "score")}}
-            for before, after in ranked]
+            for (before, after), similarity in ranked[:count]]
 
 
 def _untestable(comparisons: Mapping[str, Comparison], needed: int, alpha: float) -> str:
