@@ -292,16 +292,19 @@ def train_judge(out_root: Path, operator_verdicts: list[dict] | None = None,
     folder, new = train_classifier(train + operators, _harm_prompts(train + validation + operators), validation,
                                    out_root, config, test_sets=tests | {"operators_held_out": operators_held_out},
                                    data=data)
-    comparison = _compare(new, previous, operators_held_out or validation,
+    metrics = new.manifest["metrics"]  # the new version's figures on both, computed once in training
+    comparison = _compare(metrics["test"]["operators_held_out"] if operators_held_out else metrics["validation"],
+                          previous, operators_held_out or validation,
                           "held-out operator verdicts" if operators_held_out else "validation split")
     if comparison["activated"]:
         _activate(out_root, folder)
     return {**new.manifest, "path": str(folder), "activated": comparison["activated"], "comparison": comparison}
 
 
-def _compare(new: Classifier, previous: Path | None, rows: list[dict], on: str) -> dict:
-    """Agreement (label, harm) of the new version and of the one active before it on ``rows``."""
-    agreement = _agreement(new.figures(rows))
+def _compare(new_figures: dict, previous: Path | None, rows: list[dict], on: str) -> dict:
+    """Agreement (label, harm) of the new version (its ``new_figures`` on ``rows``) and of the one
+    active before it on ``rows``."""
+    agreement = _agreement(new_figures)
     if previous is None:
         return {"on": on, "rows": len(rows), "new": agreement, "previous": None, "activated": True}
     old = _agreement(load_classifier(previous).figures(rows))
