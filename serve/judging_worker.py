@@ -66,8 +66,12 @@ class JudgingWorker:
             self._pending.add(key)
             self._queue.put_nowait(job)
 
-    async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._sweep_forever())]
+    async def start(self, sweep: bool = True) -> None:
+        """Judge the answers submitted here; ``sweep``: also look for unjudged ones in the record
+        (one process per record does: the server, or the elected worker past one machine)."""
+        self._tasks = [asyncio.create_task(self._consume())]
+        if sweep:
+            self._tasks.append(asyncio.create_task(self._sweep_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,6 +1,7 @@
 """The chat page: streaming answers, thumbs up/down with an optional reason and comment,
 and regenerate (the new answer is stored as a sibling of the old one)."""
 
+import asyncio
 from typing import Any
 
 from feedback.chat_record import ChatRecord
@@ -53,7 +54,7 @@ def build_chat_page(service: ChatService, record: ChatRecord, limiter: RateLimit
             yield history, state, "Type a question first.", text
             return
         try:
-            limiter.check("chat", _user_id(request))
+            await asyncio.to_thread(limiter.check, "chat", _user_id(request))  # may count in the record
         except CarecycleError as exc:
             yield history, state, str(exc), text
             return
@@ -79,7 +80,7 @@ def build_chat_page(service: ChatService, record: ChatRecord, limiter: RateLimit
         rating = "up" if data.liked in (True, "Like", "like") else "down"
         state = {**state, "last_vote": {"message_id": message_id, "rating": rating}}
         try:
-            limiter.check("feedback", _user_id(request))
+            await asyncio.to_thread(limiter.check, "feedback", _user_id(request))  # may count in the record
         except CarecycleError as exc:
             return state, str(exc)
         await record.vote(_user_id(request), message_id, rating, reason or None, comment or None)

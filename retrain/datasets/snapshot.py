@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 
 from feedback.errors import CarecycleError
+from feedback.pg_store import PgStore
 from feedback.store import Store
 
 MANIFEST = "manifest.json"
@@ -42,6 +45,7 @@ TABLES: dict[str, str] = {
     # the latest operator review of each message
     "reviews": "SELECT * FROM latest_reviews",
 }
+_SOURCES = sorted({re.search(r"FROM (\w+)", select).group(1) for select in TABLES.values()})  # what they read
 
 
 class SnapshotError(CarecycleError):
@@ -86,19 +90,32 @@ def write_manifest(info: SnapshotInfo) -> None:
     (info.path / MANIFEST).write_text(json.dumps(info.manifest(), indent=2) + "\n")
 
 
-def write_snapshot(store: Store, out_dir: Path) -> SnapshotInfo:
+def write_snapshot(store: Store | PgStore, out_dir: Path) -> SnapshotInfo:
     """Write a snapshot of the live record under ``out_dir/<snapshot id>/``.
 
-    Runs in the server process, on a cursor of the store's connection inside one read
-    transaction: the files agree with each other, and the writer thread goes on serving
-    chats meanwhile. The folder gets its final name only once every file and the manifest
-    are written.
+    On DuckDB it runs in the server process, on a cursor of the store's connection inside one
+    read transaction: the files agree with each other, and the writer thread goes on serving
+    chats meanwhile. On PostgreSQL see ``_copy_from_postgresql``. The folder gets its final
+    name only once every file and the manifest are written.
     """
     now = datetime.now(timezone.utc)
     snapshot_id = new_snapshot_id(now)
     out_dir = Path(out_dir)
     staging = out_dir / f".{snapshot_id}.partial"
     staging.mkdir(parents=True)
+    try:
+        copy = _copy_from_postgresql if isinstance(store, PgStore) else _copy_from_duckdb
+        version, counts = copy(store, staging)
+        write_manifest(SnapshotInfo(snapshot_id, staging, now.isoformat(), counts, version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = out_dir / snapshot_id
+    os.replace(staging, final)
+    return SnapshotInfo(snapshot_id, final, now.isoformat(), counts, version)
+
+
+def _copy_from_duckdb(store: Store, staging: Path) -> tuple[int, dict[str, int]]:
     # a cursor is a connection of its own to the same database, usable from this thread
     cursor = store.write(lambda conn: conn.cursor())
     try:
@@ -106,15 +123,50 @@ def write_snapshot(store: Store, out_dir: Path) -> SnapshotInfo:
         version = cursor.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0]
         counts = copy_tables(cursor, staging)
         cursor.execute("COMMIT")
-        write_manifest(SnapshotInfo(snapshot_id, staging, now.isoformat(), counts, version))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     finally:
         cursor.close()
-    final = out_dir / snapshot_id
-    os.replace(staging, final)
-    return SnapshotInfo(snapshot_id, final, now.isoformat(), counts, version)
+    return version, counts
+
+
+def _copy_from_postgresql(store: PgStore, staging: Path) -> tuple[int, dict[str, int]]:
+    """Every source of TABLES streamed out of PostgreSQL with COPY … TO STDOUT (CSV, in chunks,
+    no row-by-row Python), all in one REPEATABLE READ transaction so the files agree; then the
+    same TABLES queries turn them into Parquet in DuckDB, as from the DuckDB record."""
+    dumps = staging / ".csv"
+    dumps.mkdir()
+    with store.connect() as conn:
+        conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+        version, columns = _dump_sources(conn, dumps)
+    duck = duckdb.connect(":memory:")
+    try:
+        for source, typed in columns.items():
+            types = ", ".join(f"{sql_string(name)}: {sql_string(data_type)}" for name, data_type in typed)
+            # PostgreSQL writes NULL unquoted and an empty string as "": only the unquoted one is NULL
+            duck.execute(f"CREATE VIEW {source} AS SELECT * FROM read_csv({sql_string(str(dumps / f'{source}.csv'))},"
+                         f" auto_detect = false, header = false, delim = ',', quote = '\"', escape = '\"', columns = {{{types}}},"
+                         " allow_quoted_nulls = false)")
+        counts = copy_tables(duck, staging)
+    finally:
+        duck.close()
+        shutil.rmtree(dumps, ignore_errors=True)
+    return version, counts
+
+
+def _dump_sources(conn: psycopg.Connection, dumps: Path) -> tuple[int, dict[str, list[tuple[str, str]]]]:
+    """CSV files of every source, in one transaction; returns the schema version and each
+    source's (column, type) list."""
+    with conn.transaction():
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        columns = {source: conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = %s ORDER BY ordinal_position", (source,)).fetchall() for source in _SOURCES}
+        for source in _SOURCES:
+            with open(dumps / f"{source}.csv", "wb") as out, \
+                    conn.cursor().copy(f"COPY (SELECT * FROM {source}) TO STDOUT (FORMAT csv)") as copy:
+                for chunk in copy:
+                    out.write(chunk)
+    return version, columns
 
 
 def read_manifest(snapshot_dir: Path) -> dict[str, Any]:
