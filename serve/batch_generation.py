@@ -121,6 +121,7 @@ def generate_batch(
         raise ValueError(f"{len(adapter_names)} adapter names for {len(conversations)} conversations")
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    inputs = inputs.to(model.device)
     options: dict[str, Any] = {"adapter_names": adapter_names} if adapter_names is not None else {}
     with torch.inference_mode():
         output = model.generate(
