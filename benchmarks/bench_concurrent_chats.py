@@ -1,7 +1,7 @@
 """Concurrent chats on the embedded engine: batched together vs one at a time, same process.
 
 Usage: .venv/bin/python benchmarks/bench_concurrent_chats.py [--chats 16] [--max-tokens 32]
-       [--threads 1] [--rounds 2] [--models tiny smollm2]
+       [--threads 1] [--rounds 2] [--models tiny smollm2] [--device cpu|cuda|auto]
 
 For each model (the tiny random Llama of the tests; SmolLM2-135M-Instruct when
 data/models/SmolLM2-135M-Instruct exists) one LocalEngine answers ``--chats`` greedy chats
@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 shared cores)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"])
+    parser.add_argument("--device", default="cpu", help="the engine's device: cpu, cuda or auto (CARECYCLE_DEVICE)")
     return parser.parse_args()
 
 
@@ -78,7 +79,7 @@ def bench(name: str, model_dir: Path, args: argparse.Namespace) -> None:
     from serve.engine import GenerationParams
     from serve.local_engine import LocalEngine
 
-    engine = LocalEngine(str(model_dir), torch_threads=args.threads, device="cpu")
+    engine = LocalEngine(str(model_dir), torch_threads=args.threads, device=args.device)
     params = GenerationParams(max_tokens=args.max_tokens, temperature=0.0)
     chats = conversations(args.chats)
     asyncio.run(all_at_once(engine, chats[:2], params))  # warm-up
