@@ -1,11 +1,17 @@
 """Accounts and roles. Passwords are hashed with argon2id (argon2-cffi); API keys are 256-bit
 random tokens of which only a SHA-256 digest is stored (they are not guessable, so a slow hash
-adds nothing) and which are shown once, at creation."""
+adds nothing) and which are shown once, at creation.
+
+Signed-in requests find their account in a small in-process cache of API key → account, so
+that a request costs no read of the record. An entry lives ``key_cache_s`` seconds at most;
+a change made through this process (``set_role``, ``disable``) empties the cache at once, and a
+change made elsewhere (another replica on the same PostgreSQL record) is seen within that time."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 
 import duckdb
@@ -52,8 +58,12 @@ def _hasher():
 
 
 class Accounts:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, key_cache_s: float = 5.0, key_cache_size: int = 10_000):
         self.store = store
+        self.key_cache_s = key_cache_s
+        self.key_cache_size = key_cache_size
+        self._by_key: dict[str, tuple[Account, float]] = {}  # key digest -> (account, expiry on time.monotonic())
+        self._generation = 0  # bumped by every invalidation: a lookup that straddles one is not cached
 
     def create(self, actor: str, user_id: str, role: str, password: str | None = None) -> str:
         """Create an account; returns its API key (shown once, stored only as a digest)."""
@@ -87,13 +97,45 @@ class Accounts:
             conn.execute("UPDATE users SET role = ? WHERE id = ?", [role, user_id])
             audit(conn, actor, "user.role", user_id, before=row[0], after=role)
 
+        self._write_and_forget_keys(task)
+
+    def disable(self, actor: str, user_id: str) -> None:
+        """Revoke an account: its API key and password stop working at once (audited)."""
+
+        def task(conn: duckdb.DuckDBPyConnection) -> None:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", [user_id]).fetchone() is None:
+                raise NotFoundError(f"unknown user {user_id!r}")
+            conn.execute("UPDATE users SET disabled = true WHERE id = ?", [user_id])
+            audit(conn, actor, "user.disable", user_id)
+
+        self._write_and_forget_keys(task)
+
+    def _write_and_forget_keys(self, task) -> None:
+        """A write that changes who a key signs in as: once it is committed the cache is emptied,
+        and a lookup that read the record before then is not cached (the generation moved on)."""
         self.store.write(task)
+        self.forget_cached_keys()
+
+    def forget_cached_keys(self) -> None:
+        self._generation += 1
+        self._by_key.clear()
+
+    def cached_api_key(self, api_key: str) -> Account | None:
+        """The account of ``api_key`` if the cache has it fresh, else None (ask ``by_api_key``)."""
+        entry = self._by_key.get(_key_digest(api_key))
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
     def by_api_key(self, api_key: str) -> Account | None:
-        rows = self.store.read(
-            "SELECT id, role FROM users WHERE api_key_hash = ? AND NOT disabled", [_key_digest(api_key)]
-        )
-        return Account(**rows[0]) if rows else None
+        digest, generation = _key_digest(api_key), self._generation
+        rows = self.store.read("SELECT id, role FROM users WHERE api_key_hash = ? AND NOT disabled", [digest])
+        if not rows:
+            return None  # unknown keys are not cached: guessed tokens cannot fill the cache
+        account = Account(**rows[0])
+        if generation == self._generation:
+            if len(self._by_key) >= self.key_cache_size:
+                self._by_key.pop(next(iter(self._by_key)), None)  # the oldest entry
+            self._by_key[digest] = (account, time.monotonic() + self.key_cache_s)
+        return account
 
     def by_id(self, user_id: str) -> Account | None:
         rows = self.store.read("SELECT id, role FROM users WHERE id = ? AND NOT disabled", [user_id])

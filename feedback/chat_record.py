@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from feedback.errors import NotFoundError
-from feedback.store import Store
+from feedback.store import BatchWrite, Store
 
 
 def new_id(prefix: str) -> str:
@@ -54,6 +54,52 @@ def store_prompt(conn: duckdb.DuckDBPyConnection, prompt_id: str, text: str) -> 
     """Add a prompt unless the record has it already: one row per distinct prompt. ON CONFLICT
     keeps it right where several writers insert the same prompt at once (PostgreSQL replicas)."""
     conn.execute("INSERT INTO prompts (id, messages) VALUES (?, ?) ON CONFLICT DO NOTHING", [prompt_id, text])
+
+
+@dataclass(frozen=True)
+class Vote:
+    message_id: str
+    user_id: str
+    rating: str
+    reason: str | None
+    comment: str | None
+
+
+def _record_votes(conn: duckdb.DuckDBPyConnection, votes: list[Vote]) -> list[dict[str, Any] | NotFoundError]:
+    """Insert votes in order, two statements for the lot: which answers are the voter's own (with
+    how many votes they already have there), then the accepted rows in one INSERT. A vote on an
+    answer outside the voter's conversations is refused (else unknown, as in reads)."""
+    pairs = list(dict.fromkeys((vote.message_id, vote.user_id) for vote in votes))
+    owned = {
+        (message_id, user_id): prior
+        for message_id, user_id, prior in conn.execute(
+            "SELECT v.message_id, v.user_id, count(f.message_id)"
+            f" FROM (VALUES {', '.join(['(?, ?)'] * len(pairs))}) AS v (message_id, user_id)"
+            " JOIN messages m ON m.id = v.message_id AND m.role = 'assistant'"
+            " JOIN conversations c ON c.id = m.conversation_id AND c.user_id = v.user_id"
+            " LEFT JOIN feedback f ON f.message_id = v.message_id AND f.user_id = v.user_id"
+            " GROUP BY v.message_id, v.user_id",
+            [value for pair in pairs for value in pair],
+        ).fetchall()
+    }
+    outcomes: list[dict[str, Any] | NotFoundError] = []
+    accepted: list[Vote] = []
+    for vote in votes:
+        key = (vote.message_id, vote.user_id)
+        if key not in owned:
+            outcomes.append(NotFoundError(
+                f"unknown message {vote.message_id!r}: feedback needs the id of an answer in one of your conversations"))
+            continue
+        outcomes.append({"message_id": vote.message_id, "rating": vote.rating, "replaced": owned[key] > 0})
+        owned[key] += 1  # a later vote in this batch replaces this one
+        accepted.append(vote)
+    if accepted:
+        conn.execute(
+            "INSERT INTO feedback (message_id, user_id, rating, reason, comment)"
+            f" VALUES {', '.join(['(?, ?, ?, ?, ?)'] * len(accepted))}",
+            [value for v in accepted for value in (v.message_id, v.user_id, v.rating, v.reason, v.comment)],
+        )
+    return outcomes
 
 
 def _owned_conversation(conn: duckdb.DuckDBPyConnection, conversation_id: str, user_id: str) -> bool:
@@ -124,26 +170,10 @@ class ChatRecord:
         return await self.store.awrite(task)
 
     async def vote(self, user_id: str, message_id: str, rating: str, reason: str | None, comment: str | None) -> dict[str, Any]:
-        """Record a vote; a later vote by the same user on the same answer replaces it."""
-
-        def task(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-            # votes become training labels: only on answers in one's own conversations (else unknown, as in reads)
-            exists = conn.execute(
-                "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-                " WHERE m.id = ? AND m.role = 'assistant' AND c.user_id = ?", [message_id, user_id]
-            ).fetchone()
-            if exists is None:
-                raise NotFoundError(f"unknown message {message_id!r}: feedback needs the id of an answer in one of your conversations")
-            replaced = conn.execute(
-                "SELECT count(*) FROM feedback WHERE message_id = ? AND user_id = ?", [message_id, user_id]
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO feedback (message_id, user_id, rating, reason, comment) VALUES (?, ?, ?, ?, ?)",
-                [message_id, user_id, rating, reason, comment],
-            )
-            return {"message_id": message_id, "rating": rating, "replaced": replaced > 0}
-
-        return await self.store.awrite(task)
+        """Record a vote; a later vote by the same user on the same answer replaces it. Votes
+        become training labels: only on answers in one's own conversations. Votes queued
+        together are written together (``BatchWrite``)."""
+        return await self.store.awrite(BatchWrite(_record_votes, Vote(message_id, user_id, rating, reason, comment)))
 
     # -- reads -----------------------------------------------------------------------
     def conversation(self, conversation_id: str, owner: str) -> list[dict[str, Any]]:

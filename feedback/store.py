@@ -13,6 +13,12 @@ fails, and the rest of the batch runs again without it (so a task may run more t
 it does database work only). A caller learns its result only
 after the commit: acknowledged still means committed. A full queue refuses at once
 (``StoreBusyError``) instead of growing without bound.
+
+Rows in batches: consecutive queued ``BatchWrite``s with the same ``run_many`` go to one call
+of it with all their rows (one statement for many rows instead of one per row). It answers
+each row on its own: a row it refuses (e.g. an unknown id) fails only its caller. If the call
+raises, the transaction is rolled back and those rows run again one by one, so a row that
+breaks the statement fails alone.
 """
 
 from __future__ import annotations
@@ -24,17 +30,38 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import duckdb
 
 from feedback.errors import StoreBusyError, StoreError
 
 T = TypeVar("T")
+R = TypeVar("R")
 WriteTask = Callable[[duckdb.DuckDBPyConnection], T]
 QueuedWrite = tuple[WriteTask, concurrent.futures.Future]
+
+
+@dataclass(frozen=True)
+class BatchWrite(Generic[R, T]):
+    """A write of one row that the writer may run together with its queued neighbours.
+
+    ``run_many(conn, rows)`` writes ``rows`` in order and returns one outcome per row: its
+    result, or the exception that row's caller gets (a row it refuses must have written
+    nothing). Called on its own (one row, any backend), the write returns or raises that outcome.
+    """
+
+    run_many: Callable[[Any, list[R]], list[T | BaseException]]
+    row: R
+
+    def __call__(self, conn: Any) -> T:
+        outcome = self.run_many(conn, [self.row])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -170,26 +197,33 @@ class Store:
         return batch, True
 
     def _commit_batch(self, conn: duckdb.DuckDBPyConnection, batch: list[QueuedWrite]) -> None:
-        """Run ``batch`` in one transaction; a task that raises fails alone and the others run again."""
-        while batch:
-            results: list[Any] = []
+        """Run ``batch`` in one transaction, batchable rows grouped; a task that raises fails
+        alone and the others run again (a group that raises runs again row by row)."""
+        groups = _row_groups(batch)
+        while groups:
+            outcomes: list[list[Any]] = []
             try:
                 conn.execute("BEGIN TRANSACTION")
-                for task, future in batch:
-                    results.append(task(conn))
+                for group in groups:
+                    outcomes.append(_run_group(conn, group))
             except BaseException as exc:  # the task's error goes to its caller, not the thread
                 _rollback(conn)
-                batch[len(results)][1].set_exception(exc)
-                del batch[len(results)]
+                failed = len(outcomes)
+                if len(groups[failed]) > 1:
+                    groups[failed:failed + 1] = [[item] for item in groups[failed]]
+                else:
+                    groups[failed][0][1].set_exception(exc)
+                    del groups[failed]
                 continue
             try:
                 conn.execute("COMMIT")
             except BaseException as exc:
                 _rollback(conn)
-                self._commit_alone(conn, batch, self._unsaved(exc))
+                self._commit_alone(conn, [item for group in groups for item in group], self._unsaved(exc))
                 return
-            for (_, future), result in zip(batch, results):
-                future.set_result(result)
+            for group, results in zip(groups, outcomes):
+                for (_, future), outcome in zip(group, results):
+                    _settle(future, outcome, refused=len(group) > 1)
             return
 
     def _unsaved(self, exc: BaseException) -> BaseException:
@@ -234,5 +268,35 @@ class Store:
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
     try:
         conn.execute("ROLLBACK")
+def _row_groups(batch: list[QueuedWrite]) -> list[list[QueuedWrite]]:
+    """The batch in order, consecutive BatchWrites of the same ``run_many`` in one group."""
+    groups: list[list[QueuedWrite]] = []
+    for item in batch:
+        task, previous = item[0], groups[-1][-1][0] if groups else None
+        if isinstance(task, BatchWrite) and isinstance(previous, BatchWrite) and task.run_many is previous.run_many:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _run_group(conn: duckdb.DuckDBPyConnection, group: list[QueuedWrite]) -> list[Any]:
+    """One outcome per task of the group: a lone task runs as itself, a group of rows in one call."""
+    if len(group) == 1:
+        return [group[0][0](conn)]
+    outcomes = group[0][0].run_many(conn, [task.row for task, _ in group])
+    if len(outcomes) != len(group):
+        raise StoreError(f"{group[0][0].run_many.__qualname__} gave {len(outcomes)} outcomes for {len(group)} rows")
+    return outcomes
+
+
+def _settle(future: concurrent.futures.Future, outcome: Any, refused: bool) -> None:
+    """Tell the caller: its result, or (``refused``: from a group's ``run_many``) the exception it was refused with."""
+    if refused and isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
     except duckdb.Error:  # nothing to roll back: BEGIN itself failed
         pass

@@ -30,6 +30,13 @@ def set_role(user_id: str, body: RoleRequest, accounts: AccountsDep, admin: Admi
     return {"id": user_id, "role": body.role}
 
 
+@router.post("/users/{user_id}/disable")
+def disable_user(user_id: str, accounts: AccountsDep, admin: AdminUser):
+    """Revoke an account: its API key and password stop working from the next request."""
+    accounts.disable(admin.id, user_id)
+    return {"id": user_id, "disabled": True}
+
+
 @router.get("/audit")
 def audit(store: StoreDep, admin: AdminUser, limit: int = Query(100, ge=1, le=10000),
                 actor: str | None = None, action: str | None = None):

@@ -1,10 +1,17 @@
-"""Typed dependencies: what a route may ask for. The app factory puts the services on app.state."""
+"""Typed dependencies: what a route may ask for. The app factory puts the services on app.state.
+
+The dependencies are ``async def`` where they do no blocking I/O: FastAPI runs a plain ``def``
+dependency in the thread pool, a hop per dependency per request. What reads the record (an
+API key the cache does not have, a rate limit counted in the record) goes to the thread pool
+explicitly.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from feedback.accounts import Account, Accounts, anonymous_account, looks_like_api_key
@@ -19,7 +26,7 @@ _bearer = HTTPBearer(auto_error=False, description="An API key made by `carecycl
 
 
 def _state(name: str):
-    def get(request: Request):
+    async def get(request: Request):
         return getattr(request.app.state, name)
 
     return get
@@ -36,19 +43,19 @@ RateLimiterDep = Annotated[RateLimiter, Depends(_state("rate_limiter"))]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _signed_in(request: Request, accounts: AccountsDep, credentials: Credentials) -> Account | None:
+async def _signed_in(request: Request, accounts: AccountsDep, credentials: Credentials) -> Account | None:
     """The account of the bearer's API key; None without a token, or (anonymous chat on) for a
     token that is not one of carecycle's keys — OpenAI clients always send some token."""
     if credentials is None:
         return None
     token = credentials.credentials
-    account = accounts.by_api_key(token)
+    account = accounts.cached_api_key(token) or await run_in_threadpool(accounts.by_api_key, token)
     if account is None and (looks_like_api_key(token) or not request.app.state.settings.anonymous_chat):
         raise AuthenticationError("unknown or disabled API key")
     return account
 
 
-def _chat_user(request: Request, credentials: Credentials, account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+async def _chat_user(request: Request, credentials: Credentials, account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
     if account is not None:
         return account
     if request.app.state.settings.anonymous_chat:
@@ -61,7 +68,7 @@ def _client_address(request: Request) -> str:
 
 
 def _requires(role: str):
-    def check(account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+    async def check(account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
         if account is None:
             raise AuthenticationError(f"this needs a signed-in {role}: send `Authorization: Bearer <API key>`")
         if not account.has_role(role):
@@ -81,7 +88,11 @@ def rate_limited(action: str):
     """A dependency that spends one of the user's ``action`` tokens (anonymous: per client address,
     so that fresh tokens do not buy fresh limits)."""
 
-    def spend(request: Request, user: CurrentUser, limiter: RateLimiterDep) -> None:
-        limiter.check(action, anonymous_account(_client_address(request), None).id if user.anonymous else user.id)
+    async def spend(request: Request, user: CurrentUser, limiter: RateLimiterDep) -> None:
+        key = anonymous_account(_client_address(request), None).id if user.anonymous else user.id
+        if isinstance(limiter, RateLimiter):  # counted in memory: no I/O
+            limiter.check(action, key)
+        else:  # counted in the record
+            await run_in_threadpool(limiter.check, action, key)
 
     return Depends(spend)

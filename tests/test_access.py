@@ -1,5 +1,7 @@
 """Roles, the review queue, verdicts, the audit trail, retention and forget, abuse limits."""
 
+import time
+
 import httpx
 import pytest
 
@@ -25,6 +27,7 @@ ROUTES = {
     ("PUT", "/api/admin/users/{user_id}/role"): (ADMIN, 422),
     ("GET", "/api/admin/audit"): (ADMIN, 200),
     ("DELETE", "/api/admin/conversations/{conversation_id}"): (ADMIN, 404),
+    ("POST", "/api/admin/users/{user_id}/disable"): (ADMIN, 404),
     ("GET", "/api/admin/cycles"): (ADMIN, 200),
     ("POST", "/api/admin/cycles"): (ADMIN, 202),
     ("GET", "/api/admin/cycles/{cycle_id}"): (ADMIN, 404),
@@ -182,6 +185,33 @@ def test_admin_manages_users_and_roles_with_audit(client, keys):
 
 def test_forget_a_conversation_reports_adapters_trained_on_it(client, server, keys):
     answer = chat(client, key=keys["alice"]).json()
+def test_a_revoked_key_stops_working_on_the_next_request_though_it_was_cached(client, server, keys):
+    alice, ada = bearer(keys["alice"]), bearer(keys["ada"])
+    assert client.get("/api/conversations", headers=alice).status_code == 200  # alice's key is now cached
+    server.store.write(lambda c: c.execute("UPDATE users SET disabled = true WHERE id = 'alice'"))
+    # a change behind the accounts' back (as another replica's) is not seen while the entry lives:
+    assert client.get("/api/conversations", headers=alice).status_code == 200
+    server.store.write(lambda c: c.execute("UPDATE users SET disabled = false WHERE id = 'alice'"))
+    assert client.post("/api/admin/users/alice/disable", headers=ada).json() == {"id": "alice", "disabled": True}
+    response = client.get("/api/conversations", headers=alice)
+    assert response.status_code == 401 and "unknown or disabled API key" in response.json()["error"]["message"]
+    assert chat(client, key=keys["alice"]).status_code == 401
+    revoked = server.store.read("SELECT actor, target FROM audit_log WHERE action = 'user.disable'")
+    assert revoked == [{"actor": "ada", "target": "alice"}]
+
+
+def test_a_cached_key_expires_so_changes_made_elsewhere_are_seen(server, keys):
+    from feedback.accounts import Accounts
+
+    accounts = Accounts(server.store, key_cache_s=0.2)
+    assert accounts.by_api_key(keys["olga"]).role == "operator"
+    server.store.write(lambda c: c.execute("UPDATE users SET role = 'user' WHERE id = 'olga'"))
+    assert accounts.cached_api_key(keys["olga"]).role == "operator"  # cached: no read of the record
+    time.sleep(0.3)
+    assert accounts.cached_api_key(keys["olga"]) is None
+    assert accounts.by_api_key(keys["olga"]).role == "user"
+
+
     client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"}, headers=bearer(keys["alice"]))
     server.store.write(lambda c: c.execute("INSERT INTO adapter_provenance VALUES ('adapter-7', ?)", [answer["id"]]))
     keep = chat(client, key=keys["bob"]).json()["conversation_id"]
@@ -200,9 +230,9 @@ def test_retention_purges_old_conversations_only(client, server, keys):
     old = chat(client, key=keys["alice"]).json()["conversation_id"]
     new = chat(client, key=keys["alice"]).json()["conversation_id"]
     server.store.write(lambda c: c.execute(
-        "UPDATE messages SET created_at = created_at - INTERVAL 40 DAY WHERE conversation_id = ?", [old]))
+        "UPDATE messages SET created_at = created_at - INTERVAL '40 days' WHERE conversation_id = ?", [old]))
     server.store.write(lambda c: c.execute(
-        "UPDATE conversations SET created_at = created_at - INTERVAL 40 DAY WHERE id = ?", [old]))
+        "UPDATE conversations SET created_at = created_at - INTERVAL '40 days' WHERE id = ?", [old]))
     report = purge_expired(server.store, "system:retention", 30)
     assert (report.conversations, report.messages) == (1, 2)
     assert server.store.read("SELECT id FROM conversations") == [{"id": new}]

@@ -134,3 +134,101 @@ def test_a_full_writer_queue_answers_503_with_retry_after_over_http(settings, ti
         assert waiting.result(timeout=30) == "c1"
         # room again: the same vote now reaches the record (and is refused there for its unknown id)
         assert httpx.post(f"{live.url}/api/feedback", json={"message_id": "m1", "rating": "up"}, timeout=30).status_code == 404
+
+
+def _conversations_in_one_statement(calls: list[list[str]]):
+    """A run_many that inserts conversation ids in one INSERT, refuses ids starting 'refuse',
+    and records each call's rows."""
+
+    def run_many(conn, ids):
+        calls.append(list(ids))
+        accepted = [i for i in ids if not i.startswith("refuse")]
+        if accepted:
+            conn.execute(f"INSERT INTO conversations (id, user_id) VALUES {', '.join(['(?, ?)'] * len(accepted))}",
+                         [value for i in accepted for value in (i, "u1")])
+        return [ValueError(f"refused {i}") if i.startswith("refuse") else i for i in ids]
+
+    return run_many
+
+
+def test_queued_rows_go_in_as_one_statement_and_each_caller_gets_its_own_outcome(tmp_path):
+    from feedback.store import BatchWrite
+
+    calls: list[list[str]] = []
+    run_many = _conversations_in_one_statement(calls)
+    with Store(tmp_path / "rec.duckdb") as store:
+        release = _blocked_writer(store)
+        rows = [store.submit(BatchWrite(run_many, i)) for i in ("r1", "refuse-me", "r2")]
+        plain = store.submit(_insert_conversation("p1"))  # not a row: it ends the group
+        more = [store.submit(BatchWrite(run_many, i)) for i in ("r3", "r4")]
+        release.set()
+        assert [rows[0].result(30), rows[2].result(30), plain.result(30)] == ["r1", "r2", "p1"]
+        assert [f.result(30) for f in more] == ["r3", "r4"]
+        with pytest.raises(ValueError, match="refused refuse-me"):
+            rows[1].result(30)
+        assert calls == [["r1", "refuse-me", "r2"], ["r3", "r4"]]
+        assert sorted(r["id"] for r in store.read("SELECT id FROM conversations")) == ["p1", "r1", "r2", "r3", "r4"]
+
+
+def test_a_row_that_breaks_its_batch_statement_fails_alone(tmp_path):
+    from feedback.store import BatchWrite
+
+    calls: list[list[str]] = []
+    run_many = _conversations_in_one_statement(calls)
+    with Store(tmp_path / "rec.duckdb") as store:
+        store.write(_insert_conversation("taken"))
+        release = _blocked_writer(store)
+        futures = [store.submit(BatchWrite(run_many, i)) for i in ("r1", "taken", "r2")]  # a duplicate key
+        release.set()
+        assert [futures[0].result(30), futures[2].result(30)] == ["r1", "r2"]
+        with pytest.raises(Exception, match="(?i)duplicate key|constraint"):
+            futures[1].result(30)
+        # the statement for all three failed, then each row ran alone (the failing one is dropped, the rest rerun)
+        assert calls[0] == ["r1", "taken", "r2"] and ["taken"] in calls[1:]
+        assert sorted(r["id"] for r in store.read("SELECT id FROM conversations")) == ["r1", "r2", "taken"]
+
+
+def _voting_record(store):
+    store.write(lambda conn: conn.execute(
+        "INSERT INTO conversations (id, user_id) VALUES ('c1', 'u1'), ('c2', 'u2');"
+        "INSERT INTO messages (id, conversation_id, role, content) VALUES"
+        " ('q1', 'c1', 'user', 'q'), ('q2', 'c2', 'user', 'q');"
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content) VALUES"
+        " ('a1', 'c1', 'q1', 'assistant', 'a'), ('a2', 'c2', 'q2', 'assistant', 'a')"))
+
+
+def test_votes_queued_together_are_written_together_and_judged_one_by_one(tmp_path):
+    import asyncio
+
+    from feedback.chat_record import ChatRecord
+    from feedback.errors import NotFoundError
+
+    with Store(tmp_path / "rec.duckdb") as store:
+        _voting_record(store)
+        record = ChatRecord(store)
+
+        async def votes():
+            first = await record.vote("u1", "a1", "up", None, None)
+            release = _blocked_writer(store)
+            queued = [asyncio.ensure_future(record.vote(*v)) for v in (
+                ("u1", "a1", "down", "unsafe", None),  # replaces the vote before the batch
+                ("u1", "a2", "up", None, None),  # someone else's answer: unknown to u1
+                ("u2", "a2", "up", None, None),
+                ("u2", "a2", "down", None, "changed my mind"),  # replaces the one just before, same batch
+            )]
+            await asyncio.sleep(0.05)  # all four queued behind the blocked writer
+            release.set()
+            return first, await asyncio.gather(*queued, return_exceptions=True)
+
+        first, (replaced, refused, u2_first, u2_second) = asyncio.run(votes())
+        assert first == {"message_id": "a1", "rating": "up", "replaced": False}
+        assert replaced == {"message_id": "a1", "rating": "down", "replaced": True}
+        assert isinstance(refused, NotFoundError) and "unknown message 'a2'" in str(refused)
+        assert u2_first == {"message_id": "a2", "rating": "up", "replaced": False}
+        assert u2_second == {"message_id": "a2", "rating": "down", "replaced": True}
+        current = store.read("SELECT message_id, user_id, rating, reason, comment FROM current_feedback ORDER BY user_id")
+        assert current == [
+            {"message_id": "a1", "user_id": "u1", "rating": "down", "reason": "unsafe", "comment": None},
+            {"message_id": "a2", "user_id": "u2", "rating": "down", "reason": None, "comment": "changed my mind"},
+        ]
+        assert store.read_one("SELECT count(*) FROM feedback")[0] == 4
