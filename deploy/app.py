@@ -15,6 +15,7 @@ from deploy import cycle_routes
 from deploy.cycle import Cycle, CycleConfig
 from deploy.promotion import restore_active, rollback
 from deploy.scheduler import start_scheduler
+from deploy.record import record_store
 from deploy.settings import Settings
 from feedback.accounts import Accounts
 from feedback.chat_record import ChatRecord
@@ -128,7 +129,7 @@ def build_engine(settings: Settings) -> Engine:
 def build_services(settings: Settings, engine: Engine | None = None) -> Services:
     """Open the record, load the engine and the judges; raises CarecycleError with a message to act on."""
     # first: a locked record fails in a second, not after a model load
-    store = Store(settings.record_path, max_queued=settings.write_queue_limit).open()
+    store = record_store(settings).open()
     try:
         engine = engine or build_engine(settings)
         record = ChatRecord(store)

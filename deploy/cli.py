@@ -98,7 +98,8 @@ def settings_error(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["loc"]:
             name = "CARECYCLE_" + "_".join(str(part) for part in error["loc"]).upper()
-            problems.append(f"{name}={error['input']!r}: {message}")
+            shown = "(not shown: it may hold a password)" if name == "CARECYCLE_DATABASE_URL" else repr(error["input"])
+            problems.append(f"{name}={shown}: {message}")
         else:
             problems.append(message)
     return "invalid settings: " + "; ".join(problems)

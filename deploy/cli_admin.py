@@ -1,7 +1,8 @@
 """`carecycle users|audit|forget`: administration straight on the record.
 
-These open the DuckDB file themselves, so the server must be stopped (DuckDB lets one process
-hold the file); while it runs, use the admin API instead (`/api/admin/...`).
+On the DuckDB file these open the file themselves, so the server must be stopped (DuckDB lets one
+process hold the file); while it runs, use the admin API instead (`/api/admin/...`). On
+PostgreSQL (CARECYCLE_DATABASE_URL) they run beside the servers.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from contextlib import contextmanager
 
 import typer
 
+from deploy.record import record_store
 from deploy.settings import Settings
 from feedback.errors import CarecycleError, StoreError
-from feedback.store import Store
 
 users_app = typer.Typer(help="Accounts and roles.", no_args_is_help=True)
 CLI_ACTOR = "cli"
@@ -31,10 +32,10 @@ def fail(message: str) -> None:
 def open_record():
     settings = Settings()
     try:
-        with Store(settings.record_path) as store:
+        with record_store(settings) as store:
             yield store
     except StoreError as exc:
-        fail(f"{exc} (while `carecycle serve` runs, use the admin API: /api/admin/...)")
+        fail(str(exc) if settings.database_url else f"{exc} (while `carecycle serve` runs, use the admin API: /api/admin/...)")
     except CarecycleError as exc:
         fail(str(exc))
 

@@ -18,14 +18,16 @@ judge_app = typer.Typer(help="Guard judges: train the finetuned one, compare all
 
 def _operator_rows(settings: Settings) -> list[dict]:
     """Answers with an operator verdict (message id, prompt, answer, label, harm), when the
-    record can be opened; empty while the server holds it."""
-    from feedback.store import Store
+    record can be opened; empty while the server holds the DuckDB file."""
+    from deploy.record import record_store
     from serve.judges.agreement import operator_verdicts
 
     try:
-        with Store(settings.record_path) as store:
+        with record_store(settings) as store:
             return operator_verdicts(store)
-    except StoreError:
+    except StoreError as exc:
+        if settings.database_url:
+            fail(str(exc))
         typer.echo("(the record is in use by the server: operator verdicts skipped)", err=True)
         return []
 

@@ -1,7 +1,8 @@
 """`carecycle retrain|export|eval|adapters`: the learning loop from the command line.
 
-Like the other record commands they open the DuckDB file, so the server must be stopped;
-while it runs, use the admin API or the dashboard (POST /api/admin/cycles, …).
+Like the other record commands they open the record themselves: on the DuckDB file the server must
+be stopped (while it runs, use the admin API or the dashboard: POST /api/admin/cycles, …); on
+PostgreSQL they run beside it.
 """
 
 from __future__ import annotations

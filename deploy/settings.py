@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     write_queue_limit: int = Field(
         10_000, ge=1, description="Writes that may wait for the record's writer; past this, writes answer 503."
     )
+    database_url: str | None = Field(
+        None, description="postgresql://user:password@host:5432/dbname: keep the record in PostgreSQL, shared by "
+        "several app replicas and one `carecycle worker` (`carecycle db copy` moves a DuckDB record there). "
+        "Unset: the DuckDB file carecycle.duckdb in the data directory, owned by one server process."
+    )
     retention_days: int | None = Field(
         None, ge=1, description="Delete conversations whose last message is older than this (unset: keep)."
     )
@@ -145,6 +150,14 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{zone!r} is not a time zone; use an IANA name such as UTC or Europe/Berlin") from None
         return zone
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("CARECYCLE_DATABASE_URL takes a PostgreSQL URL, postgresql://user:password@host:5432/dbname "
+                             "(unset it to keep the record in the DuckDB file)")
+        return url or None
 
     @model_validator(mode="after")
     def _judges_are_usable(self) -> "Settings":

@@ -69,7 +69,7 @@ class JudgmentRecord:
             WHERE a.role = 'assistant' AND a.status = 'complete'
               AND NOT EXISTS (SELECT 1 FROM judgments j WHERE j.message_id = a.id AND j.judge = ?)
               AND (f.message_id IS NULL OR (f.attempts < ?
-                   AND f.last_at < current_timestamp - to_seconds(CAST(? AS DOUBLE))))
+                   AND f.last_at < current_timestamp - CAST(? AS DOUBLE PRECISION) * INTERVAL '1 second'))
             ORDER BY a.created_at
             LIMIT ?
             """,

@@ -89,6 +89,9 @@ def configure_connection(conn: psycopg.Connection) -> None:
 class PgStore:
     """The record in a PostgreSQL database, shared by any number of processes."""
 
+    dialect = "postgresql"  # named queries that differ per backend are keyed by it
+    constraint_error = pg_errors.IntegrityError  # what a write that breaks a key or foreign key raises
+
     def __init__(self, url: str, pool_size: int = 8, max_queued: int = 10_000, max_attempts: int = 5, connect_timeout_s: float = 5.0):
         self.url = url
         self.where = where(url)

@@ -17,8 +17,9 @@ from feedback.audit import audit
 from feedback.errors import ConflictError, NotFoundError
 from feedback.store import Store
 
-_REJECT_SQL = ("UPDATE adapters SET status = 'rejected', metrics = json_merge_patch(coalesce(metrics, '{{}}'),"
-               " json_object('rejected_because', ?)), updated_at = now() WHERE status = 'candidate' AND {which}")
+# json_merged (migration 007, both dialects): merge a JSON value into a document under a key
+_REJECT_SQL = ("UPDATE adapters SET status = 'rejected', metrics = json_merged(metrics, 'rejected_because', ?),"
+               " updated_at = now() WHERE status = 'candidate' AND {which}")
 
 
 class RegistryRecord:
@@ -47,7 +48,7 @@ class RegistryRecord:
         """Reject a candidate; ``also`` runs in the same transaction (a decision's record and audit row)."""
 
         def task(conn: duckdb.DuckDBPyConnection) -> None:
-            conn.execute(_REJECT_SQL.format(which="version = ?"), [reason, version])
+            conn.execute(_REJECT_SQL.format(which="version = ?"), [json.dumps(reason), version])
             if also is not None:
                 also(conn)
 
@@ -125,7 +126,7 @@ class RegistryRecord:
     def record_step(self, cycle_id: str, step: str, figures: dict[str, Any]) -> None:
         """Write a step and its figures into the cycle record as it happens."""
         self.store.write(lambda conn: conn.execute(
-            "UPDATE cycles SET step = ?, detail = json_merge_patch(detail, json_object(?, ?::JSON)) WHERE id = ?",
+            "UPDATE cycles SET step = ?, detail = json_merged(detail, ?, ?) WHERE id = ?",
             [step, step, json.dumps(figures, default=str), cycle_id]))
 
     def finish_cycle(self, cycle_id: str, status: str, figures: dict[str, Any]) -> None:
@@ -176,7 +177,7 @@ class RegistryRecord:
         (a cycle skipped for too little signal does not reset the count)."""
         return self.store.read_one(
             """WITH since AS (SELECT coalesce(max(started_at), TIMESTAMPTZ '1970-01-01') AS t FROM cycles
-                              WHERE json_exists(detail, '$.train'))
+                              WHERE (detail -> 'train') IS NOT NULL)
                SELECT (SELECT count(*) FROM feedback, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM judgments, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM reviews, since WHERE created_at > since.t)""")[0]
@@ -184,7 +185,7 @@ class RegistryRecord:
 
 def _finish(conn: duckdb.DuckDBPyConnection, cycle_id: str, status: str, figures: dict[str, Any]) -> None:
     conn.execute("UPDATE cycles SET status = ?, finished_at = now(),"
-                 " detail = json_merge_patch(detail, json_object('outcome', ?::JSON)) WHERE id = ?",
+                 " detail = json_merged(detail, 'outcome', ?) WHERE id = ?",
                  [status, json.dumps(figures, default=str), cycle_id])
 
 
@@ -202,4 +203,4 @@ def _cycle_suffix(cycle_id: str) -> str:
 
 
 def _reject_candidates_of(conn: duckdb.DuckDBPyConnection, cycle_id: str, reason: str) -> None:
-    conn.execute(_REJECT_SQL.format(which="version LIKE ?"), [reason, f"%-{_cycle_suffix(cycle_id)}"])
+    conn.execute(_REJECT_SQL.format(which="version LIKE ?"), [json.dumps(reason), f"%-{_cycle_suffix(cycle_id)}"])

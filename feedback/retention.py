@@ -8,7 +8,6 @@ goes with the last message that refers to it (prompts are shared by identical re
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +21,8 @@ from feedback.store import Store
 _deleting = threading.Lock()
 # children before parents: the foreign keys point from these tables to messages
 _DEPENDENT_TABLES = ("feedback", "judgments", "reviews", "judge_attempts")
+# the ids in a list parameter ($1), as a subquery both backends read the same way
+_IDS = "(SELECT unnest($1::TEXT[]))"
 
 
 @dataclass(frozen=True)
@@ -34,53 +35,45 @@ class ForgetReport:
 def _delete_conversations(store: Store, where_sql: str, params: list,
                           audited: Callable[[duckdb.DuckDBPyConnection, ForgetReport], None]) -> ForgetReport:
     """Delete in three transactions: DuckDB checks a foreign key against committed rows, so
-    children must be gone (committed) before their parents go. The first erases — the children
-    go, the messages' text is blanked, the served prompts no other message refers to go — and
-    writes the audit row (``audited``) in the same transaction: neither commits without the other.
-    The next two remove the emptied rows; each is idempotent: an interruption is finished by
-    running the same deletion again."""
+    children must be gone (committed) before their parents go. The first finds the conversations
+    and their messages and erases — the children go, the messages' text is blanked, the served
+    prompts no other message refers to go — and writes the audit row (``audited``) in the same
+    transaction: neither commits without the other. The next two remove the emptied rows by the ids
+    the first found (parameters, not a temporary table: on PostgreSQL each transaction may run on
+    another pooled connection); each is idempotent: an interruption is finished by running the same
+    deletion again."""
 
-    doomed, doomed_messages = (f"{name}_{uuid.uuid4().hex[:8]}" for name in ("doomed", "doomed_messages"))
-
-    def erase_and_audit(conn: duckdb.DuckDBPyConnection) -> ForgetReport:
-        conn.execute(f"CREATE TEMP TABLE {doomed} AS SELECT id FROM conversations WHERE {where_sql}", params)
-        conn.execute(f"CREATE TEMP TABLE {doomed_messages} AS"
-                     f" SELECT id, prompt_id FROM messages WHERE conversation_id IN (SELECT id FROM {doomed})")
-        delete_children(conn)
-        conn.execute(f"UPDATE messages SET content = '' WHERE id IN (SELECT id FROM {doomed_messages})")
-        conn.execute(f"DELETE FROM prompts WHERE id IN (SELECT prompt_id FROM {doomed_messages}) AND id NOT IN"
-                     f" (SELECT prompt_id FROM messages WHERE prompt_id IS NOT NULL"
-                     f"  AND id NOT IN (SELECT id FROM {doomed_messages}))")
-        report = ForgetReport(
-            conn.execute(f"SELECT count(*) FROM {doomed}").fetchone()[0],
-            conn.execute(f"SELECT count(*) FROM {doomed_messages}").fetchone()[0],
-            [row[0] for row in conn.execute("SELECT DISTINCT adapter_version FROM adapter_provenance"
-                                            f" WHERE message_id IN (SELECT id FROM {doomed_messages}) ORDER BY 1").fetchall()])
+    def erase_and_audit(conn: duckdb.DuckDBPyConnection) -> tuple[ForgetReport, list[str], list[str]]:
+        conversations = [row[0] for row in conn.execute(f"SELECT id FROM conversations WHERE {where_sql}", params).fetchall()]
+        messages = [row[0] for row in conn.execute(
+            f"SELECT id FROM messages WHERE conversation_id IN {_IDS}", [conversations]).fetchall()]
+        delete_children(conn, messages)
+        conn.execute(f"UPDATE messages SET content = '' WHERE id IN {_IDS}", [messages])
+        conn.execute(f"DELETE FROM prompts WHERE id IN (SELECT prompt_id FROM messages WHERE id IN {_IDS}) AND id NOT IN"
+                     f" (SELECT prompt_id FROM messages WHERE prompt_id IS NOT NULL AND id NOT IN {_IDS})", [messages])
+        adapters = [row[0] for row in conn.execute(
+            f"SELECT DISTINCT adapter_version FROM adapter_provenance WHERE message_id IN {_IDS} ORDER BY 1",
+            [messages]).fetchall()]
+        report = ForgetReport(len(conversations), len(messages), adapters)
         audited(conn, report)
-        return report
+        return report, conversations, messages
 
-    def delete_children(conn: duckdb.DuckDBPyConnection) -> None:
+    def delete_children(conn: duckdb.DuckDBPyConnection, messages: list[str]) -> None:
         for table in _DEPENDENT_TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT id FROM {doomed_messages})")
-
-    def delete_messages(conn: duckdb.DuckDBPyConnection) -> None:
-        conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM {doomed_messages})")
+            conn.execute(f"DELETE FROM {table} WHERE message_id IN {_IDS}", [messages])
 
     with _deleting:
-        try:
-            report = store.write(erase_and_audit)
-            for attempt in range(3):
-                try:
-                    store.write(delete_messages)
-                    break
-                except duckdb.ConstraintException:
-                    # a judgment or vote arrived between the steps: clear the children again
-                    if attempt == 2:
-                        raise
-                    store.write(delete_children)
-            store.write(lambda conn: conn.execute(f"DELETE FROM conversations WHERE id IN (SELECT id FROM {doomed})"))
-        finally:
-            store.write(lambda conn: conn.execute(f"DROP TABLE IF EXISTS {doomed}; DROP TABLE IF EXISTS {doomed_messages}"))
+        report, conversations, messages = store.write(erase_and_audit)
+        for attempt in range(3):
+            try:
+                store.write(lambda conn: conn.execute(f"DELETE FROM messages WHERE id IN {_IDS}", [messages]))
+                break
+            except store.constraint_error:
+                # a judgment or vote arrived between the steps: clear the children again
+                if attempt == 2:
+                    raise
+                store.write(lambda conn: delete_children(conn, messages))
+        store.write(lambda conn: conn.execute(f"DELETE FROM conversations WHERE id IN {_IDS}", [conversations]))
     return report
 
 
@@ -106,8 +99,8 @@ def purge_expired(store: Store, actor: str, retention_days: int) -> ForgetReport
 
     return _delete_conversations(
         store,
-        "created_at < current_timestamp - to_days(CAST(? AS INTEGER)) AND id NOT IN"
-        " (SELECT conversation_id FROM messages WHERE created_at >= current_timestamp - to_days(CAST(? AS INTEGER)))",
+        "created_at < current_timestamp - CAST(? AS INTEGER) * INTERVAL '1 day' AND id NOT IN"
+        " (SELECT conversation_id FROM messages WHERE created_at >= current_timestamp - CAST(? AS INTEGER) * INTERVAL '1 day')",
         [retention_days, retention_days],
         audited,
     )

@@ -17,8 +17,8 @@ from feedback.store import Store, rows_as_dicts
 # 0.5 of not knowing — times (1 + harm) / 4. So a Caution at harm 3 (score 0) comes first, an
 # abstention before a confident Accept at harm 0. Each answer takes its riskiest judge. After the
 # judged risks, thumbs-down; then a stable pseudo-random sample of the rest, so that judge
-# calibration can be checked.
-QUEUE_SQL = """
+# calibration can be checked ({answer_hash}: a stable number of at least 0 per answer id, per dialect).
+_QUEUE_SQL = """
 WITH judged AS (
     SELECT message_id, judge, label, harm_level, abstained,
            (1 + coalesce(harm_level, 1.5)) / 4
@@ -28,10 +28,11 @@ WITH judged AS (
                 WHEN score < 1 THEN 'low_score' END AS judge_reason
     FROM (SELECT *, CASE WHEN abstained THEN coalesce(confidence, 0) WHEN score IS NULL THEN 0
                          ELSE coalesce(confidence, 1) END AS sure
-          FROM latest_judgments)
+          FROM latest_judgments) AS weighed
 ), risk AS (
     SELECT message_id, max(harm_level) AS harm, max(expected_harm) AS expected_harm,
-           arg_max(judge_reason, expected_harm) AS judge_reason,
+           (array_agg(judge_reason ORDER BY expected_harm DESC, judge) FILTER (WHERE judge_reason IS NOT NULL))[1]
+             AS judge_reason,
            string_agg(judge || ':' || coalesce(label, '?') || CASE WHEN abstained THEN ' (abstained)' ELSE '' END,
                       ', ' ORDER BY judge) AS labels
     FROM judged GROUP BY message_id
@@ -40,7 +41,8 @@ WITH judged AS (
     FROM current_feedback GROUP BY message_id
 ), candidates AS (
     SELECT a.id AS message_id, a.conversation_id, a.created_at, j.harm, j.labels,
-           round(j.expected_harm, 4) AS expected_harm, coalesce(v.downs, 0) AS downs, coalesce(v.ups, 0) AS ups,
+           -- to 4 decimals (PostgreSQL rounds a double only to an integer)
+           round(j.expected_harm * 10000) / 10000 AS expected_harm, coalesce(v.downs, 0) AS downs, coalesce(v.ups, 0) AS ups,
            coalesce(j.judge_reason, CASE WHEN v.downs > 0 THEN 'thumbs_down' ELSE 'calibration' END) AS reason
     FROM messages a
     LEFT JOIN risk j ON j.message_id = a.id
@@ -49,11 +51,15 @@ WITH judged AS (
       AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.message_id = a.id)
 )
 SELECT * FROM candidates
-WHERE reason <> 'calibration' OR hash(message_id) % 100 < ?
+WHERE reason <> 'calibration' OR {answer_hash} % 100 < ?
 ORDER BY reason = 'calibration', expected_harm DESC NULLS LAST, downs DESC,
-         CASE WHEN reason = 'calibration' THEN hash(message_id) END, created_at
+         CASE WHEN reason = 'calibration' THEN {answer_hash} END, created_at
 LIMIT ?
 """
+QUEUE_SQL = {
+    "duckdb": _QUEUE_SQL.format(answer_hash="hash(message_id)"),
+    "postgresql": _QUEUE_SQL.format(answer_hash="(hashtext(message_id)::BIGINT + 2147483648)"),  # int4 made non-negative
+}
 
 
 class ReviewRecord:
@@ -61,7 +67,7 @@ class ReviewRecord:
         self.store = store
 
     def queue(self, limit: int = 50, calibration_percent: int = 10) -> list[dict[str, Any]]:
-        return self.store.read(QUEUE_SQL, [calibration_percent, limit])
+        return self.store.read(QUEUE_SQL[self.store.dialect], [calibration_percent, limit])
 
     def open_item(self, operator: str, message_id: str) -> dict[str, Any]:
         """The whole conversation around an answer, its judgments, votes and reviews. The read

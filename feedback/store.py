@@ -89,6 +89,9 @@ def rows_as_dicts(result: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 class Store:
     """Owner of the record's single read-write connection."""
 
+    dialect = "duckdb"  # named queries that differ per backend are keyed by it
+    constraint_error = duckdb.ConstraintException  # what a write that breaks a key or foreign key raises
+
     def __init__(self, path: Path | str, max_queued: int = 10_000, max_batch: int = 256, batch_wait_s: float = 0.001):
         self.path = Path(path)
         self.max_batch = max_batch
@@ -265,9 +268,6 @@ class Store:
         return self._conn
 
 
-def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
-    try:
-        conn.execute("ROLLBACK")
 def _row_groups(batch: list[QueuedWrite]) -> list[list[QueuedWrite]]:
     """The batch in order, consecutive BatchWrites of the same ``run_many`` in one group."""
     groups: list[list[QueuedWrite]] = []
@@ -298,5 +298,8 @@ def _settle(future: concurrent.futures.Future, outcome: Any, refused: bool) -> N
         future.set_result(outcome)
 
 
+def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    try:
+        conn.execute("ROLLBACK")
     except duckdb.Error:  # nothing to roll back: BEGIN itself failed
         pass

@@ -41,13 +41,48 @@ def tiny_engine(tiny_model_dir):
     return LocalEngine(str(tiny_model_dir), model_id="tiny-llama")
 
 
+# the record's backends; the PostgreSQL one needs the throwaway cluster (tests/postgres_server.py)
+RECORD_BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked ``both_backends`` runs once per record backend: its ``settings`` (and so
+    its server) and ``any_store`` use the DuckDB file, then a fresh PostgreSQL database."""
+    if metafunc.definition.get_closest_marker("both_backends") and "record_url" in metafunc.fixturenames:
+        metafunc.parametrize("record_url", RECORD_BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path, tiny_model_dir):
+def record_url(request) -> str | None:
+    """CARECYCLE_DATABASE_URL of the test's record: None (the DuckDB file), or a new, empty
+    PostgreSQL database when the test runs on that backend."""
+    if getattr(request, "param", "duckdb") == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return None
+
+
+@pytest.fixture
+def any_store(record_url, tmp_path):
+    """An open record on the test's backend (DuckDB unless parametrized by ``both_backends``)."""
+    from feedback.store import Store
+
+    if record_url is None:
+        store = Store(tmp_path / "record.duckdb")
+    else:
+        from feedback.pg_store import PgStore
+
+        store = PgStore(record_url)
+    with store:
+        yield store
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir, record_url):
     from deploy.settings import Settings
 
     return Settings(
         data_dir=tmp_path / "data", model=str(tiny_model_dir), temperature=0.0, max_tokens=12, ui=False,
-        max_message_chars=500, max_tokens_limit=64, judges="",
+        max_message_chars=500, max_tokens_limit=64, judges="", database_url=record_url,
     )
 
 

@@ -4,6 +4,7 @@ empty database in it."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shlex
@@ -42,13 +43,21 @@ def postgres_server() -> Iterator[str]:
     bin_dir = server_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries missing: install Debian's `postgresql` package (.ci/run does)")
+    with throwaway_cluster(bin_dir) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def throwaway_cluster(bin_dir: Path, fsync: bool = False) -> Iterator[str]:
+    """Start a cluster in a fresh folder on a free loopback port (fsync off for tests, on for a
+    benchmark's figures); stop and delete it after."""
     folder = Path(tempfile.mkdtemp(prefix="carecycle-pg-"))
     data = folder / "data"
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     port = _free_port()
     _as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}"
     _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"])
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"

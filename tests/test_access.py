@@ -8,6 +8,8 @@ import pytest
 from serve.cares import safety_score
 from tests.test_chat_api import QUESTION, bearer, chat
 
+pytestmark = pytest.mark.both_backends  # tests/conftest.py: DuckDB, then PostgreSQL
+
 # every route, who may use it — anonymous (no credentials), user, operator, admin — and the status
 # an allowed caller gets for the matrix's request (unknown ids, an empty JSON body): the handler ran
 ANY, USER, OPERATOR, ADMIN = "anonymous", "user", "operator", "admin"

@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import REPO, start_server
 from tests.test_chat_api import QUESTION, bearer, chat
 
+pytestmark = pytest.mark.both_backends  # tests/conftest.py: DuckDB, then PostgreSQL
+
 README_URL = "http://127.0.0.1:8000"
 
 

@@ -11,6 +11,8 @@ from tests.test_adapter_integrity import register, tamper, trained_adapter
 from tests.test_chat_api import bearer, chat
 from tests.test_cli import run_cli
 
+pytestmark = pytest.mark.both_backends  # tests/conftest.py: DuckDB, then PostgreSQL
+
 _AUDIT_LOG = """CREATE TABLE audit_log (seq BIGINT PRIMARY KEY DEFAULT nextval('audit_seq'), actor TEXT NOT NULL,
     action TEXT NOT NULL CHECK ({check}), target TEXT, detail JSON,
     created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"""
@@ -29,7 +31,7 @@ def audit_actions(store, action):
 
 
 def snapshot(store):
-    return {table: store.read(f"SELECT * FROM {table} ORDER BY ALL")
+    return {table: store.read(f"SELECT * FROM {table} ORDER BY 1")
             for table in ("conversations", "messages", "feedback", "cycles", "adapters")}
 
 
@@ -57,10 +59,10 @@ def test_a_retention_purge_and_its_audit_row_commit_together(client, server, key
     old = chat(client, key=keys["alice"]).json()["conversation_id"]
     for table, column in (("messages", "conversation_id"), ("conversations", "id")):
         server.store.write(lambda c, t=table, k=column: c.execute(
-            f"UPDATE {t} SET created_at = created_at - INTERVAL 40 DAY WHERE {k} = ?", [old]))
+            f"UPDATE {t} SET created_at = created_at - INTERVAL '40 days' WHERE {k} = ?", [old]))
     refuse_audit_rows(server.store, "retention.purge")
     before = snapshot(server.store)
-    with pytest.raises(Exception, match="CHECK constraint"):
+    with pytest.raises(Exception, match="(?i)check constraint"):
         purge_expired(server.store, "system:retention", 30)
     assert snapshot(server.store) == before
 

@@ -5,6 +5,8 @@ import pytest
 from tests.sse import read_events
 from tests.test_chat_api import QUESTION, chat, stored
 
+pytestmark = pytest.mark.both_backends  # tests/conftest.py: DuckDB, then PostgreSQL
+
 
 def assert_error(response, status, *words):
     assert response.status_code == status, response.text

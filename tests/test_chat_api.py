@@ -6,6 +6,8 @@ import pytest
 
 from tests.sse import read_events
 
+pytestmark = pytest.mark.both_backends  # tests/conftest.py: DuckDB, then PostgreSQL
+
 QUESTION = {"role": "user", "content": "the patient has a fever, what dose of paracetamol?"}
 
 

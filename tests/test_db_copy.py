@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 
 from feedback.audit import audit
@@ -109,3 +110,47 @@ def test_db_copy_with_a_malformed_url_says_how_to_write_one(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a PostgreSQL URL" in lines[0] and "postgresql://user:password@host:5432/dbname" in lines[0]
     assert "secret" not in lines[0]
+
+
+def _awkward_exchange(store) -> str:
+    """One exchange whose values a CSV round trip could bend: quotes, commas, newlines, an empty
+    string beside a NULL, text that reads like a null ('NA'), a non-terminating fraction."""
+    async def exchange() -> str:
+        chats = ChatRecord(store)
+        question = 'Is 100% of the "dose", safe?\nSay NA if unsure.'
+        turn = await chats.start_turn("alice", None, question)
+        answer = Answer("NA", "complete", "m", None, 5, 4, 1 / 3, prompt=[{"role": "user", "content": question}])
+        message_id = await chats.add_answer(turn, answer)
+        await chats.vote("alice", message_id, "down", "", None)  # an empty reason stays empty, no comment stays NULL
+        await JudgmentRecord(store).add(JudgmentRow(message_id, "self", "1", "Caution", 2, 0.9, 0.5, False, True, "{}"))
+        return message_id
+
+    return asyncio.run(exchange())
+
+
+def test_the_copied_record_serves(settings, tiny_engine, postgres_url):
+    """After `db copy`, a server on CARECYCLE_DATABASE_URL shows a user her history and takes her vote
+    and her next question (the sequences continue after the copied rows)."""
+    from feedback.accounts import Accounts
+    from tests.conftest import start_server
+
+    with Store(settings.record_path) as duck:
+        key = Accounts(duck).create("cli", "alice", "user")
+        answer_id = _awkward_exchange(duck)
+    assert run_cli("db", "copy", "--to", postgres_url, data_dir=settings.data_dir).returncode == 0
+
+    on_postgresql = settings.model_copy(update={"database_url": postgres_url})
+    with start_server(on_postgresql, tiny_engine) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        alice = {"Authorization": f"Bearer {key}"}
+        history = client.get("/api/conversations", headers=alice).json()["data"]
+        assert [c["messages"] for c in history] == [2]
+        messages = client.get(f"/api/conversations/{history[0]['id']}", headers=alice).json()["messages"]
+        assert [(m["role"], m["content"]) for m in messages] == [
+            ("user", 'Is 100% of the "dose", safe?\nSay NA if unsure.'), ("assistant", "NA")]
+        vote = client.post("/api/feedback", headers=alice, json={"message_id": answer_id, "rating": "up"})
+        assert vote.status_code == 200 and vote.json()["replaced"] is True
+        follow_up = client.post("/v1/chat/completions", headers=alice, json={
+            "messages": [{"role": "user", "content": "And for a child?"}], "metadata": {"conversation_id": history[0]["id"]}})
+        assert follow_up.status_code == 200
+        assert live.store.read("SELECT rating FROM current_feedback WHERE message_id = ?", [answer_id]) == [{"rating": "up"}]
+        assert live.store.read_one("SELECT count(*) FROM messages WHERE conversation_id = ?", [history[0]["id"]])[0] == 4

@@ -4,6 +4,7 @@ several stores serialise, one-line errors. A real server (tests/postgres_server.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import psycopg
@@ -16,11 +17,11 @@ from feedback.errors import NotFoundError, StoreError
 from feedback.judgment_record import JudgmentRecord, JudgmentRow
 from feedback.pg_store import PgStore, pg_query
 from feedback.registry_record import RegistryRecord
-from feedback.retention import forget_conversation
+from feedback.retention import forget_conversation, purge_expired
 from feedback.review_record import ReviewRecord
 from feedback.store import Store, migration_files
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.both_backends]  # any_store: tests/conftest.py
 
 # DuckDB's names for the types that PostgreSQL spells otherwise
 _DUCKDB_TYPE_NAMES = {"varchar": "text", "double": "double precision"}
@@ -35,16 +36,6 @@ _COLUMNS = (
 def _schema(store, schema: str) -> list[tuple]:
     return [(r["table_name"], r["column_name"], r["ordinal_position"], _DUCKDB_TYPE_NAMES.get(r["data_type"], r["data_type"]),
              r["is_nullable"], r["table_type"]) for r in store.read(_COLUMNS, [schema])]
-
-
-@pytest.fixture(params=["duckdb", "postgresql"])
-def any_store(request, tmp_path):
-    if request.param == "duckdb":
-        store = Store(tmp_path / "rec.duckdb")
-    else:
-        store = PgStore(request.getfixturevalue("postgres_url"))
-    with store:
-        yield store
 
 
 def test_both_dialects_make_the_same_tables_columns_and_views(tmp_path, postgres_url):
@@ -85,9 +76,6 @@ def test_the_chat_and_judgment_queries_run_on_both_backends(any_store):
 
 
 def test_accounts_adapters_verdicts_and_forget_run_on_both_backends(any_store):
-    """The named queries that already run unchanged on PostgreSQL. Still DuckDB-only (issue 15):
-    cycle step and outcome figures (json_object, json_merge_patch), a candidate's rejection,
-    signal_since_last_cycle (json_exists), the review queue (arg_max) and purge_expired (to_days)."""
     asyncio.run(ChatRecord(any_store).start_turn("u1", "conv-1", "question"))
     answer_id = any_store.read_one("SELECT id FROM messages")[0]
     any_store.write(lambda conn: conn.execute(
@@ -181,3 +169,76 @@ def test_placeholders_become_psycopg_ones_outside_quotes(postgres_url):
         assert store.read_one("SELECT '5%', 10 % 3") == ("5%", 1)
         assert store.read_one("SELECT $1 || $2 || $1 || '?'", ["a", "b"]) == ("aba?",)
         assert store.read_one("SELECT ? || '?' || ?", ["a", "b"]) == ("a?b",)
+
+
+# (document, key, value) -> the merged document, keys in DuckDB's json_merge_patch order
+MERGES = [
+    ((None, "train", {"kto": {"step": 1, "loss": 0.5}}), {"train": {"kto": {"step": 1, "loss": 0.5}}}),
+    (('{"a":1,"b":{"x":1,"y":2},"c":3}', "b", {"z": 1, "x": None}), {"a": 1, "c": 3, "b": {"y": 2, "z": 1}}),
+    (('{"a":1}', "a", None), {}),
+    (('{"a":{"x":1}}', "a", [1, {"y": None}]), {"a": [1, {"y": None}]}),
+    (('{"a":1}', "r", "because"), {"a": 1, "r": "because"}),
+]
+
+
+def test_json_merged_is_an_rfc_7386_merge_patch_on_both_backends(any_store):
+    merged = [any_store.read_one("SELECT json_merged(?, ?, ?)", [doc, key, json.dumps(value)])[0]
+              for (doc, key, value), _ in MERGES]
+    assert [json.dumps(json.loads(text)) for text in merged] == [json.dumps(expected) for _, expected in MERGES]
+
+
+def test_the_cycle_record_and_rejections_run_on_both_backends(any_store):
+    registry = RegistryRecord(any_store)
+    asyncio.run(ChatRecord(any_store).start_turn("u1", "conv-1", "question"))
+    question = any_store.read_one("SELECT id FROM messages")[0]
+    any_store.write(lambda conn: conn.execute(
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content) VALUES ('a1', 'conv-1', ?, 'assistant', 'x')", [question]))
+    asyncio.run(ChatRecord(any_store).vote("u1", "a1", "up", None, None))
+    assert registry.signal_since_last_cycle() == 1
+
+    registry.start_cycle("cyc-1", "test")
+    registry.record_step("cyc-1", "train", {"kto": {"status": "training", "step": 1, "loss": 0.5}})
+    registry.record_step("cyc-1", "train", {"kto": {"status": "ok", "loss": None, "rows": 4}})
+    registry.finish_cycle("cyc-1", "kept", {"decision": "kept", "winner": None})
+    cycle = registry.cycle("cyc-1")
+    assert cycle["status"] == "kept" and cycle["finished_at"] is not None
+    assert json.dumps(cycle["detail"]) == json.dumps({"train": {"kto": {"step": 1, "status": "ok", "rows": 4}},
+                                                      "outcome": {"decision": "kept"}})
+    assert registry.signal_since_last_cycle() == 0  # a cycle that trained resets the count
+
+    registry.register("kto-1", None, "kto", "/a/kto-1", "sum", "base", "snap", ["a1"])
+    registry.reject("kto-1", "worse than the active one")
+    registry.start_cycle("cyc-2", "test")
+    registry.register("dpo-2", None, "dpo", "/a/dpo-2", "sum", "base", "snap", ["a1"])
+    registry.set_metrics("dpo-2", {"loss": 1.5})
+    assert registry.interrupt_running() == ["cyc-2"]
+    assert [(a["version"], a["status"], json.loads(a["metrics"])) for a in registry.adapters()] == [
+        ("dpo-2", "rejected", {"loss": 1.5, "rejected_because": "cycle cyc-2 was interrupted"}),
+        ("kto-1", "rejected", {"rejected_because": "worse than the active one"})]
+
+
+def test_retention_and_the_judging_sweep_run_on_both_backends(any_store):
+    def conversation(conn, name: str, days_old: int, judge_failed_minutes_ago: int) -> None:
+        at = f"current_timestamp - INTERVAL '{days_old} days'"
+        conn.execute(f"INSERT INTO conversations (id, user_id, created_at) VALUES (?, 'u1', {at})", [name])
+        conn.execute(f"INSERT INTO messages (id, conversation_id, role, content, created_at) VALUES (?, ?, 'user', 'q', {at})",
+                     [f"q-{name}", name])
+        conn.execute("INSERT INTO prompts (id, messages) VALUES (?, '[]')", [f"p-{name}"])
+        conn.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, prompt_id, created_at)"
+                     f" VALUES (?, ?, ?, 'assistant', 'a', ?, {at})", [f"a-{name}", name, f"q-{name}", f"p-{name}"])
+        conn.execute("INSERT INTO judge_attempts (message_id, judge, attempts, last_error, last_at) VALUES"
+                     f" (?, 'self', 1, 'timeout', current_timestamp - INTERVAL '{judge_failed_minutes_ago} minutes')",
+                     [f"a-{name}"])
+
+    any_store.write(lambda conn: conversation(conn, "old", 40, 30))
+    any_store.write(lambda conn: conversation(conn, "new", 1, 0))
+    asyncio.run(ChatRecord(any_store).vote("u1", "a-old", "down", None, None))
+    # a failure 30 minutes ago is retried after 10; one just now is not
+    assert [r["message_id"] for r in JudgmentRecord(any_store).unjudged("self", 600, 3)] == ["a-old"]
+
+    report = purge_expired(any_store, "system:retention", 30)
+    assert (report.conversations, report.messages) == (1, 2)
+    assert [r["id"] for r in any_store.read("SELECT id FROM conversations")] == ["new"]
+    assert [r["id"] for r in any_store.read("SELECT id FROM prompts")] == ["p-new"]
+    assert any_store.read_one("SELECT count(*) FROM feedback")[0] == 0
+    assert audit_rows(any_store)[0]["action"] == "retention.purge"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from feedback.review_record import ReviewRecord
-from feedback.store import Store
 from serve.cares import over_refusal, safety_score, unsafe_compliance
+
+pytestmark = pytest.mark.both_backends
 
 # answer -> judgments (judge, label, harm, confidence, abstained), in the order they are written
 ANSWERS = {
@@ -22,13 +23,12 @@ ANSWERS = {
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "record.duckdb") as store:
-        for minute, (answer, judgments) in enumerate(ANSWERS.items()):
-            store.write(lambda conn, a=answer, js=judgments, m=minute: _insert(conn, a, js, m))
-        store.write(lambda conn: conn.execute(
-            "INSERT INTO feedback (message_id, user_id, rating) VALUES ('downvoted', 'pat', 'down')"))
-        yield store
+def store(any_store):
+    for minute, (answer, judgments) in enumerate(ANSWERS.items()):
+        any_store.write(lambda conn, a=answer, js=judgments, m=minute: _insert(conn, a, js, m))
+    any_store.write(lambda conn: conn.execute(
+        "INSERT INTO feedback (message_id, user_id, rating) VALUES ('downvoted', 'pat', 'down')"))
+    return any_store
 
 
 def _insert(conn, answer: str, judgments: list[tuple], minute: int) -> None:

@@ -100,7 +100,7 @@ def agreement_by_version(store, judge: str = "finetuned") -> list[dict]:
                count(*) FILTER (WHERE j.harm_level = r.harm_level) AS harm_agree,
                count(*) FILTER (WHERE j.abstained) AS abstained, max(j.created_at) AS last_judged
         FROM latest_reviews r JOIN judgments j ON j.message_id = r.message_id AND j.judge = ?
-        GROUP BY ALL
+        GROUP BY version, r.harm_level, held_out
         """, [judge])
     versions: dict[str, dict] = {}
     for g in sorted(groups, key=lambda g: g["last_judged"], reverse=True):
