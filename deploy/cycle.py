@@ -36,7 +36,7 @@ from serve.engine import Engine
 from serve.judges.base import Judge
 from serve.judges.finetuned import active_summary
 
-from deploy.promotion import promote, verify_registered
+from deploy.promotion import promote, verified
 
 log = logging.getLogger("carecycle.cycle")
 ACTIVE_RUN = "active"  # the evaluation run of the adapter serving now
@@ -228,8 +228,8 @@ class Cycle:
         for name, adapter in [(ACTIVE_RUN, active), *candidates.items()]:
             version = adapter["version"] if adapter else None
             if name != ACTIVE_RUN:  # loading waits for the generation lock: off the event loop
-                verify_registered(adapter)  # the files are still the ones trained and registered
-                await asyncio.to_thread(self.engine.load_adapter, version, adapter["path"])
+                # the files are still the ones trained and registered
+                await asyncio.to_thread(self.engine.adapters.keep, verified(adapter))
                 loaded.append(version)
             results[name] = await evaluate_adapter(
                 self.engine, version, items, self.judge, folder / "eval" / name,
@@ -263,13 +263,9 @@ class Cycle:
         self.registry.finish_cycle(cycle_id, "promoted", {**outcome, "decision": "promoted"})
 
     def _unload_losers(self, loaded: list[str]) -> None:
-        keep = {self.engine.active_adapter}
+        """Release the candidates this cycle evaluated, but the one awaiting approval (it stays
+        loaded for a quick promotion); the promoted one serves."""
         pending = self.registry.with_status("candidate")
-        if pending is not None:
-            keep.add(pending["version"])  # awaiting approval: stays loaded for a quick promotion
         for version in loaded:
-            if version not in keep:
-                try:
-                    self.engine.unload_adapter(version)
-                except CarecycleError as exc:
-                    log.warning("could not unload %s: %s", version, exc)
+            if pending is None or version != pending["version"]:
+                self.engine.adapters.release(version)

@@ -3,8 +3,10 @@
 The new adapter is loaded beside the active one first (a failure there changes nothing), then
 the registry records the change (with its audit row), then new requests switch to it.
 Answers already in flight finish on the adapter they started with (the engine captures it per
-request). The previous version stays loaded for an instant rollback; older ones are unloaded.
-Every load first checks the folder against the checksum the registry recorded at training.
+request). What the engine holds follows the registry through ``engine.adapters``
+(serve.adapters): the active and the previous version loaded, older ones unloaded once no
+answer uses them. Every load first checks the folder against the checksum the registry
+recorded at training.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections.abc import Callable
 import duckdb
 
 from feedback.audit import audit
-from feedback.errors import CarecycleError, ConflictError
+from feedback.errors import ConflictError
 from feedback.registry_record import RegistryRecord
 from retrain.training import AdapterIntegrityError, verify_adapter
+from serve.adapters import AdapterRef
 from serve.engine import Engine
 from serve.errors import AdapterError
 
@@ -41,26 +44,36 @@ def verify_registered(adapter: dict) -> None:
             f"registry recorded {adapter['checksum']} when it was trained; it was changed since: retrain it")
 
 
-def _ensure_loaded(engine: Engine | None, adapter: dict) -> None:
+def verified(adapter: dict) -> AdapterRef:
+    """A registered adapter the engine may load: its folder passed ``verify_registered``."""
     verify_registered(adapter)
-    if engine is not None and adapter["version"] not in engine.health().get("adapters", []):
-        engine.load_adapter(adapter["version"], adapter["path"])
+    return AdapterRef(adapter["version"], adapter["path"])
 
 
-def _activate(engine: Engine | None, version: str | None) -> None:
+def _load(engine: Engine | None, adapter: dict) -> None:
+    verified_adapter = verified(adapter)
     if engine is not None:
-        engine.activate_adapter(version)
+        engine.adapters.load(verified_adapter)
 
 
-def _unload_quietly(engine: Engine | None, versions: list[str]) -> None:
-    """Free retired adapters; the switch has already happened, so a failure here is only logged
-    (the memory comes back at the next restart)."""
-    for version in versions if engine is not None else []:
-        try:
-            if version in engine.health().get("adapters", []):
-                engine.unload_adapter(version)
-        except CarecycleError as exc:
-            log.warning("could not unload %s: %s", version, exc)
+def _serve_registry(engine: Engine | None, registry: RegistryRecord) -> None:
+    """Make ``engine`` serve the registry's active adapter and keep its previous one loaded, if
+    that one passes its check."""
+    if engine is None:
+        return
+    active = registry.with_status("active")
+    engine.adapters.activate(verified(active) if active else None, _previous_that_loads(registry))
+
+
+def _previous_that_loads(registry: RegistryRecord) -> AdapterRef | None:
+    previous = registry.with_status("previous")
+    if previous is None:
+        return None
+    try:
+        return verified(previous)
+    except AdapterError as exc:  # no instant rollback to it, but serving goes on
+        log.error("the previous adapter is not kept loaded: %s", exc)
+        return None
 
 
 def promote(engine: Engine | None, registry: RegistryRecord, version: str, actor: str,
@@ -73,10 +86,9 @@ def promote(engine: Engine | None, registry: RegistryRecord, version: str, actor
         if adapter["status"] not in ("candidate", "previous", "retired"):
             raise ConflictError(f"adapter {version} is {adapter['status']}: only a candidate, the previous or a "
                                 "retired version can be promoted")
-        _ensure_loaded(engine, adapter)
+        _load(engine, adapter)
         changed = registry.make_active(actor, version, "promote", also)
-        _activate(engine, version)
-    _unload_quietly(engine, changed["retired"])
+        _serve_registry(engine, registry)
     return changed
 
 
@@ -84,15 +96,15 @@ def rollback(engine: Engine | None, registry: RegistryRecord, actor: str) -> dic
     with _switching:
         target = registry.previous_for_rollback()
         if target["version"] is not None:
-            _ensure_loaded(engine, target)
+            _load(engine, target)
         changed = registry.make_active(actor, target["version"], "rollback")
-        _activate(engine, target["version"])
-    _unload_quietly(engine, changed["retired"])
+        _serve_registry(engine, registry)
     return changed
 
 
 def restore_active(engine: Engine, registry: RegistryRecord) -> str | None:
-    """On start: serve the registry's active adapter (and keep the previous one ready).
+    """Serve the registry's active adapter (or the base model) and keep the previous one ready:
+    on start, and in every replica that follows the registry.
 
     An active adapter that fails its registered checksum is never served, and the registry says
     so: it rolls back (audited as ``system:integrity``) to the previous version if that one
@@ -100,28 +112,27 @@ def restore_active(engine: Engine, registry: RegistryRecord) -> str | None:
     cannot load a sound adapter changes nothing in the registry (a vLLM that comes back gets the
     active adapter again on its next request)."""
     active, previous = registry.with_status("active"), registry.with_status("previous")
-    previous_loads = previous is not None and _loads(engine, previous)
-    if active is None:
-        return None
     try:
-        verify_registered(active)
+        active_ref = verified(active) if active is not None else None
     except AdapterError as exc:
-        log.error("%s; serving %s instead", exc, previous["version"] if previous_loads else "the base model")
-        fallback = previous["version"] if previous_loads else None
+        fallback = previous["version"] if previous is not None and _loads(engine, previous) else None
+        log.error("%s; serving %s instead", exc, fallback or "the base model")
         with _switching:
             registry.make_active(INTEGRITY_ACTOR, fallback, "rollback", also=lambda conn: audit(
                 conn, INTEGRITY_ACTOR, "adapter.refused", active["version"], reason=str(exc)))
-            _activate(engine, fallback)
+            _serve_registry(engine, registry)
         return fallback
-    if not _loads(engine, active):
+    try:
+        engine.adapters.activate(active_ref, _previous_that_loads(registry))
+    except Exception as exc:  # a damaged adapter must not stop the assistant from serving
+        log.error("cannot load the active adapter %s (%s)", active["version"], exc)
         return None
-    engine.activate_adapter(active["version"])
-    return active["version"]
+    return active_ref.version if active_ref else None
 
 
 def _loads(engine: Engine, adapter: dict) -> bool:
     try:
-        _ensure_loaded(engine, adapter)
+        _load(engine, adapter)
     except Exception as exc:  # a damaged adapter must not stop the assistant from serving
         log.error("cannot load %s adapter %s (%s)", adapter["status"], adapter["version"], exc)
         return False

@@ -11,9 +11,13 @@ import importlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from feedback.errors import CarecycleError
+
+if TYPE_CHECKING:
+    from serve.adapters import AdapterLifecycle
 
 ENGINES: dict[str, str] = {
     "local": "serve.local_engine:LocalEngine",
@@ -58,10 +62,34 @@ class Engine(abc.ABC):
         """Start answering ``messages`` (OpenAI-style dicts) with ``adapter``: by default the one
         active now, None for the base model, or a loaded version (evaluation of a candidate)."""
 
+    async def answer_many(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                          adapter: str | None = None) -> list[str]:
+        """Greedy answers to many conversations, in order, with ``adapter`` (None: the base
+        model), for evaluation. By default every conversation is a request in flight at once
+        (an engine that batches requests in flight itself, as vLLM does); LocalEngine runs them
+        as one padded batch (``generate_batch``)."""
+        from serve.batch_generation import generate_many
+
+        params = GenerationParams(max_tokens=max_new_tokens, temperature=0.0)
+        return await generate_many(self, conversations, params, max(1, len(conversations)), adapter=adapter)
+
+    # -- adapters: the primitives that ``adapters`` (serve.adapters) drives -------------
+    @cached_property
+    def adapters(self) -> AdapterLifecycle:
+        """The one owner of which adapters this engine holds: promotion, rollback, following the
+        registry and evaluation go through it, never through the primitives below."""
+        from serve.adapters import AdapterLifecycle
+
+        return AdapterLifecycle(self)
+
     @property
     @abc.abstractmethod
     def active_adapter(self) -> str | None:
         """The adapter version new requests use (None: the base model)."""
+
+    @abc.abstractmethod
+    def loaded_adapters(self) -> list[str]:
+        """The adapter versions loaded now (including those waiting to be freed)."""
 
     @abc.abstractmethod
     def load_adapter(self, version: str, path: str) -> None:
@@ -73,7 +101,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def unload_adapter(self, version: str) -> None:
-        """Free an adapter that is not active."""
+        """Free an adapter that is not active, once no answer uses it any more."""
 
     @abc.abstractmethod
     def health(self) -> dict[str, Any]:

@@ -4,10 +4,14 @@ One model instance answers every chat. Requests that arrive together are generat
 together: a scheduler thread takes what is waiting (after a short admission window when it
 was idle) and runs it as one padded batch, each row streaming its own tokens to its own
 client and ending on its own. A batch holds only requests on the same adapter with the
-same sampling settings (peft's ``set_adapter`` switches the whole model); a seeded sampled
-request runs alone, so that its seed gives the same answer as ever. Each request keeps the
-adapter that was active when it arrived, so a promotion never changes an answer in flight.
-Requests that arrive while a batch runs form the next one.
+same sampling settings; a seeded sampled request runs alone, so that its seed gives the
+same answer as ever. Each request keeps the adapter that was active when it arrived, so a
+promotion never changes an answer in flight. Requests that arrive while a batch runs form
+the next one.
+
+A batch runs with its adapter merged into the weights (serve.merged_weights), as fast as the
+base model: the switch is model-wide and happens between batches, and never writes the base
+weights, so a rollback is exact and instant.
 
 Locks, always taken in this order: the model lock (held by a running batch, an adapter
 load or delete, and evaluation's ``generate_batch``), then the adapters lock (bookkeeping
@@ -31,6 +35,7 @@ from typing import Any
 
 from serve.engine import ACTIVE, Engine, Generation, GenerationParams
 from serve.errors import AdapterError, EngineUnavailableError, ModelLoadError
+from serve.merged_weights import MergedWeights, unmergeable
 
 _DONE = object()
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -131,6 +136,7 @@ class LocalEngine(Engine):
         self._model_lock = threading.Lock()
         self._adapters_lock = threading.Lock()
         self._adapters: dict[str, str] = {}
+        self._weights = MergedWeights()  # the adapter a batch uses is merged into the weights
         self._active: str | None = None
         # answers in flight per adapter: an adapter is deleted only once none uses it any more
         self._in_flight: Counter[str] = Counter()
@@ -261,20 +267,26 @@ class LocalEngine(Engine):
 
     @contextmanager
     def _using(self, adapter: str | None):
-        """The model with ``adapter`` switched on (None: the base model); callers hold the
-        model lock, since peft switches adapters model-wide."""
-        if adapter is None and hasattr(self.model, "disable_adapter"):
+        """The model computing with ``adapter`` merged into its weights (None: the base model);
+        callers hold the model lock, since the switch is model-wide."""
+        if not self._adapters:  # no adapter loaded: a plain transformers model
+            yield self.model
+            return
+        self._weights.hold(self.model, adapter)
+        if adapter is None:  # no adapter's LoRA branch either
             with self.model.disable_adapter():
                 yield self.model
             return
-        if adapter is not None:
-            self.model.set_adapter(adapter)
         yield self.model
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         ids = eos if isinstance(eos, list) else [eos]
         return {i for i in ids if i is not None} | {self.tokenizer.eos_token_id}
+
+    async def answer_many(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                          adapter: str | None = None) -> list[str]:
+        return await asyncio.to_thread(self.generate_batch, conversations, max_new_tokens, adapter)
 
     def generate_batch(self, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                        adapter: str | None = None) -> list[str]:
@@ -298,6 +310,7 @@ class LocalEngine(Engine):
             with self._adapters_lock:
                 if version in self._adapters:
                     raise AdapterError(f"adapter version {version!r} was already loaded; versions are never reused")
+            self._weights.hold(self.model, None)  # layers peft adds now start from the base weights
             try:
                 if isinstance(self.model, PeftModel):
                     self.model.load_adapter(path, adapter_name=version)
@@ -305,6 +318,10 @@ class LocalEngine(Engine):
                     self.model = PeftModel.from_pretrained(self.model, path, adapter_name=version)
             except Exception as exc:
                 raise AdapterError(f"cannot load adapter {version!r} from {path}: {exc}") from exc
+            if why := unmergeable(self.model, version):
+                self._delete(version)
+                raise AdapterError(f"cannot serve adapter {version!r} from {path}: {why}; the embedded engine "
+                                   "serves plain LoRA adapters merged into the weights (retrain it without that option)")
             with self._adapters_lock:
                 self._adapters[version] = path
 
@@ -333,11 +350,18 @@ class LocalEngine(Engine):
         with self._model_lock, self._adapters_lock:
             if version not in self._unload_when_idle or self._in_flight[version] or version not in self._adapters:
                 return
-            self.model.delete_adapter(version)
-            if len(self._adapters) == 1:  # the last one: peft would keep pointing at the deleted name
-                self.model = self.model.unload()
+            self._delete(version)
             del self._adapters[version]
             self._unload_when_idle.discard(version)
+
+    def _delete(self, version: str) -> None:
+        """Remove ``version`` from the peft model (callers hold the model lock); without any
+        adapter left, the model is the plain base model again."""
+        self._weights.forget(self.model, version)
+        self.model.delete_adapter(version)
+        if not self.model.peft_config:  # the last one: peft would keep pointing at the deleted name
+            self.model = self.model.unload()
+            self._weights = MergedWeights()
 
     def loaded_adapters(self) -> list[str]:
         return list(self._adapters)

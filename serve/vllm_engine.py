@@ -3,8 +3,9 @@
 vLLM lives in its own virtual environment (see deploy/vllm/), so this module only talks HTTP
 and never imports torch. Adapters are loaded at run time under a new vLLM name every time
 (vLLM keys its caches by name and can serve a stale adapter under a reused one); an adapter
-counts as loaded only once vLLM has confirmed it. Activation keeps the previous adapter
-loaded for an instant rollback and unloads the older ones. vLLM forgets run-time adapters
+counts as loaded only once vLLM has confirmed it; which ones stay loaded is decided by
+``engine.adapters`` (serve.adapters), and an adapter being unloaded goes only once no answer
+streams from it any more. vLLM forgets run-time adapters
 when it restarts: the active one is re-loaded from its path, under a fresh name, when
 ``health()`` finds it missing or when a request for it comes back "model does not exist".
 
@@ -20,6 +21,7 @@ import logging
 import re
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +74,9 @@ class VLLMEngine(Engine):
         self._name_locks: dict[str, threading.Lock] = {}
         self._adapters: dict[str, _Adapter] = {}
         self._active: str | None = None
-        self._previous: str | None = None
+        # answers streaming per adapter: an adapter is unloaded only once none uses it any more
+        self._in_flight: Counter[str] = Counter()
+        self._unload_when_idle: set[str] = set()
 
     # -- errors ----------------------------------------------------------------------
     def _unreachable(self, exc: httpx.TransportError) -> EngineUnavailableError:
@@ -170,19 +174,32 @@ class VLLMEngine(Engine):
             self._adapters[version] = _Adapter(path, self._load_fresh(version, path))
 
     def activate_adapter(self, version: str | None) -> None:
-        if version is not None and version not in self._adapters:
-            raise AdapterError(f"adapter version {version!r} is not loaded; load it first")
         with self._registry_lock:
-            if version != self._active:
-                self._previous, self._active = self._active, version
-            keep = {self._active, self._previous}
-            older = [name for name in self._adapters if name not in keep]
-        for old in older:
-            self._drop(old)
+            if version is not None and version not in self._adapters:
+                raise AdapterError(f"adapter version {version!r} is not loaded; load it first")
+            self._unload_when_idle.discard(version)
+            self._active = version
+
+    def unload_adapter(self, version: str) -> None:
+        """Free an adapter; while answers still stream from it, it goes when the last one ends."""
+        with self._registry_lock:
+            if version not in self._adapters:
+                raise AdapterError(f"adapter version {version!r} is not loaded")
+            if version == self._active:
+                raise AdapterError(f"adapter version {version!r} is active; activate another one first")
+            self._unload_when_idle.add(version)
+            idle = not self._in_flight[version]
+        if idle:
+            self._drop(version)
 
     def _drop(self, version: str) -> None:
-        """Forget an old adapter and free it in vLLM; a failure there only costs memory."""
-        with self._lock(version):
+        """Forget an adapter marked for unloading once no answer uses it (checked again here: an
+        answer may have started, or it may be active again) and free it in vLLM; a failure
+        there only costs memory."""
+        with self._lock(version), self._registry_lock:
+            if version not in self._unload_when_idle or self._in_flight[version]:
+                return
+            self._unload_when_idle.discard(version)
             adapter = self._adapters.pop(version, None)
         if adapter is None:
             return
@@ -191,18 +208,20 @@ class VLLMEngine(Engine):
         except CarecycleError as exc:
             log.warning("adapter %s stays loaded in vLLM as %s: %s", version, adapter.served_name, exc)
 
-    def unload_adapter(self, version: str) -> None:
-        if version == self._active:
-            raise AdapterError(f"adapter version {version!r} is active; activate another one first")
-        with self._lock(version):
-            adapter = self._adapters.get(version)
-            if adapter is None:
-                raise AdapterError(f"adapter version {version!r} is not loaded")
-            self._unload_name(adapter.served_name)
-            del self._adapters[version]
+    def _claim(self, version: str | None) -> None:
+        if version is not None:
+            with self._registry_lock:
+                self._in_flight[version] += 1
+
+    def _release(self, version: str | None) -> None:
+        """An answer on ``version`` ended: free the adapter (off the event loop) if it waits for that."""
+        if version is None:
+            return
         with self._registry_lock:
-            if self._previous == version:
-                self._previous = None
+            self._in_flight[version] -= 1
+            idle = not self._in_flight[version] and version in self._unload_when_idle
+        if idle:
+            asyncio.get_running_loop().run_in_executor(None, self._drop, version)
 
     def _restore(self, version: str, stale_name: str) -> str:
         """Re-load an adapter vLLM lost (it restarted) under a fresh name; once, whoever asks first."""
@@ -267,6 +286,7 @@ class VLLMEngine(Engine):
         self, messages: list[dict[str, str]], params: GenerationParams, generation: Generation, model: str
     ) -> AsyncIterator[str]:
         client = self._client_for_this_loop()
+        self._claim(generation.adapter_version)
         try:
             for attempt in (1, 2):
                 body = self._body(messages, params, model)
@@ -281,6 +301,8 @@ class VLLMEngine(Engine):
                     return
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
+        finally:
+            self._release(generation.adapter_version)
 
     async def _stream_error(self, response: httpx.Response) -> CarecycleError:
         body = (await response.aread()).decode(errors="replace")

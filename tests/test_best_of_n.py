@@ -122,7 +122,7 @@ class RecordingEngine(Engine):
         return self.engine.generate(messages, params)
 
     active_adapter = property(lambda self: self.engine.active_adapter)
-    load_adapter = activate_adapter = unload_adapter = health = None
+    load_adapter = activate_adapter = unload_adapter = loaded_adapters = health = None
 
 
 class ReminderBlindJudge(Judge):

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from deploy.vllm.launch import DEFAULT_PYTHON, start_vllm, stop_vllm
+from serve.adapters import AdapterRef
 from serve.engine import GenerationParams
 from serve.errors import AdapterError, EngineUnavailableError
 from tests.conftest import free_port, start_server
@@ -200,8 +201,8 @@ def test_adapters_load_promote_and_roll_back(live, engine, adapters, tiny_model_
     rolled_back = chat(live).json()
     assert rolled_back["adapter_version"] == "v1" and rolled_back["choices"][0]["message"]["content"] == v1_text
 
-    engine.load_adapter("v3", adapters["b"])
-    engine.activate_adapter("v3")  # keeps v3 and the previous one (v1); v2 is unloaded
+    # the lifecycle's promotion: keeps v3 and the previous one (v1); v2 is unloaded
+    engine.adapters.activate(AdapterRef("v3", adapters["b"]), previous=AdapterRef("v1", adapters["a"]))
     assert engine.health()["adapters"] == ["v1", "v3"]
     assert served_versions(engine, "v") == ["v1", "v3"]
     with pytest.raises(AdapterError, match="already loaded; versions are never reused"):

@@ -1,7 +1,5 @@
-"""Evaluate one adapter (or the base model) of a running engine on a benchmark.
-
-Batched ``generate_batch`` where the engine has it (LocalEngine); otherwise many requests in
-flight (vLLM batches them itself). Used by `carecycle eval` and by the nightly cycle.
+"""Evaluate one adapter (or the base model) of a running engine on a benchmark, answered with
+the engine's ``answer_many``. Used by `carecycle eval` and by the nightly cycle.
 """
 
 from __future__ import annotations
@@ -12,19 +10,15 @@ from typing import Any
 
 from retrain.evaluation.benchmark import BenchmarkItem
 from retrain.evaluation.runner import EvaluationResult, ProgressFn, evaluate
-from serve.batch_generation import generate_many
-from serve.engine import Engine, GenerationParams
+from serve.engine import Engine
 from serve.judges.base import Judge
 
 
-def answer_function(engine: Engine, adapter: str | None, max_new_tokens: int, concurrency: int = 16):
+def answer_function(engine: Engine, adapter: str | None, max_new_tokens: int):
     """Conversations in, greedy answers out, with ``adapter`` (None: the base model)."""
-    if hasattr(engine, "generate_batch"):
-        return lambda conversations: engine.generate_batch(conversations, max_new_tokens, adapter=adapter)
-    params = GenerationParams(max_tokens=max_new_tokens, temperature=0.0)
 
     async def many(conversations):  # a coroutine function: the runner awaits it on its loop
-        return await generate_many(engine, conversations, params, concurrency, adapter=adapter)
+        return await engine.answer_many(conversations, max_new_tokens, adapter)
 
     return many
 

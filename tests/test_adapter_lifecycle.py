@@ -1,0 +1,165 @@
+"""Adapters at base speed and one owner of their lifecycle (issue 14, part 2): the embedded
+engine serves an adapter merged into the weights, with the answers of peft's unmerged LoRA;
+switching versions never writes the base weights; ``engine.adapters`` loads, keeps the active
+and previous versions, and unloads a version once its last answer has ended."""
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from serve.adapters import AdapterRef
+from serve.engine import GenerationParams
+from tests.conftest import start_server, wait_for
+from tests.test_adapter_integrity import register, trained_adapter
+from tests.test_evaluation import lora_adapter
+
+PROMPTS = [[{"role": "user", "content": text}] for text in (
+    "the patient has a cough", "fever for two days", "is ibuprofen safe for a child", "a rash after a new tablet",
+)]
+
+
+@pytest.fixture
+def engine(tiny_model_dir):
+    from serve.local_engine import LocalEngine
+
+    return LocalEngine(str(tiny_model_dir), model_id="tiny")  # its own: adapters change it
+
+
+@pytest.fixture
+def two_adapters(tiny_model_dir, tmp_path):
+    """Random LoRA adapters on different layers: "a" on q and v, "b" on q, v and o."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    a = lora_adapter(tiny_model_dir, tmp_path / "a")
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(tmp_path / "b")
+    return {"a": str(a), "b": str(tmp_path / "b")}
+
+
+def base_checksum(model) -> str:
+    """A digest of the base model's weights, by name, whether or not peft wraps the model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    digest = hashlib.sha256()
+    for name, tensor in sorted(base.state_dict().items()):
+        if "lora_" not in name:
+            digest.update(name.replace(".base_layer", "").encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def unmerged_answers(tiny_model_dir, path, tokenizer, max_tokens):
+    """What peft's own unmerged LoRA answers (the reference the merged weights must give)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from serve.batch_generation import generate_batch
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), path).eval()
+    return model, generate_batch(model, tokenizer, PROMPTS, max_tokens)
+
+
+def test_merged_answers_equal_unmerged_answers(engine, two_adapters, tiny_model_dir):
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    engine.adapters.keep(AdapterRef("a", two_adapters["a"]))
+    engine.adapters.keep(AdapterRef("b", two_adapters["b"]))
+    base = engine.generate_batch(PROMPTS, 16, adapter=None)
+    for version in ("a", "b", "a"):  # "a" again: merged afresh after "b"
+        merged = engine.generate_batch(PROMPTS, 16, adapter=version)
+        layers = [m for m in engine.model.modules() if isinstance(m, LoraLayer) and version in m.lora_A]
+        assert layers and all(layer.merged for layer in layers)  # served merged: no LoRA branch ran
+        reference, unmerged = unmerged_answers(tiny_model_dir, two_adapters[version], engine.tokenizer, 16)
+        assert merged == unmerged and merged != base
+        ids = engine.tokenizer.apply_chat_template(PROMPTS[0], add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True)["input_ids"]
+        with torch.inference_mode(), engine._model_lock, engine._using(version) as model:
+            merged_logits = model(ids).logits
+        with torch.inference_mode():
+            torch.testing.assert_close(merged_logits, reference(ids).logits, atol=1e-3, rtol=1e-3)
+    assert engine.generate_batch(PROMPTS, 16, adapter=None) == base  # "b"'s extra layers run no branch either
+
+
+def answer(engine, adapter, max_tokens=12) -> str:
+    async def run():
+        generation = engine.generate(PROMPTS[1], GenerationParams(max_tokens=max_tokens, temperature=0.0),
+                                     adapter=adapter)
+        return "".join([delta async for delta in generation])
+
+    return asyncio.run(run())
+
+
+def test_promote_rollback_promote_leaves_the_base_weights_bit_identical(settings, engine, tiny_model_dir):
+    from deploy.promotion import promote, rollback
+    from feedback.registry_record import RegistryRecord
+    from feedback.store import Store
+
+    loaded = base_checksum(engine.model)
+    base_answer = answer(engine, None)
+    with Store(settings.record_path) as store:
+        registry = RegistryRecord(store)
+        for version in ("kto-1", "kto-2"):
+            folder = settings.adapters_dir / version
+            register(registry, version, folder, trained_adapter(tiny_model_dir, folder))
+        promote(engine, registry, "kto-1", "test")
+        first = answer(engine, "kto-1")
+        rollback(engine, registry, "test")
+        assert answer(engine, None) == base_answer and base_checksum(engine.model) == loaded
+        promote(engine, registry, "kto-1", "test")
+        promote(engine, registry, "kto-2", "test")  # kto-1 stays loaded as the previous version
+        assert engine.loaded_adapters() == ["kto-1", "kto-2"] and engine.adapters.previous == "kto-1"
+        assert answer(engine, "kto-2") != first and answer(engine, "kto-1") == first
+        assert answer(engine, None) == base_answer and base_checksum(engine.model) == loaded  # adapters loaded
+        rollback(engine, registry, "test")  # to kto-1; kto-2 is retired and unloaded
+        assert engine.loaded_adapters() == ["kto-1"] and answer(engine, "__active__") == first
+        rollback(engine, registry, "test")  # to the base model: nothing stays loaded
+        assert engine.active_adapter is None and engine.loaded_adapters() == []
+    assert answer(engine, None) == base_answer
+    assert base_checksum(engine.model) == loaded and not hasattr(engine.model, "get_base_model")
+
+
+def test_an_answer_streaming_on_a_when_b_is_activated_finishes_on_a(settings, engine, two_adapters):
+    """The answer in flight ends on A and is recorded with A; A is unloaded after that answer
+    (not before), and the next answer uses B."""
+    body = {"messages": [{"role": "user", "content": "the patient has a fever, what dose?"}], "max_tokens": 24,
+            "temperature": 0.0}
+    with start_server(settings, engine) as live:
+        engine.adapters.activate(AdapterRef("A", two_adapters["a"]))  # after the start, which serves the registry's
+        on_a = httpx.post(f"{live.url}/v1/chat/completions", json=body, timeout=120).json()
+        assert on_a["adapter_version"] == "A" and on_a["usage"]["completion_tokens"] == 24
+        expected = on_a["choices"][0]["message"]["content"]
+        engine.adapters.load(AdapterRef("B", two_adapters["b"]))  # beside A before the switch, as promote does
+        inner = engine.model.get_base_model()
+        forward = inner.forward
+
+        def slow_forward(*args, **kwargs):  # a token every 0.1 s, so that the switch surely lands mid-answer
+            time.sleep(0.1)
+            return forward(*args, **kwargs)
+
+        inner.forward = slow_forward
+        body["stream"] = True
+        parts, answer_id, switched = [], None, threading.Event()
+        with httpx.stream("POST", f"{live.url}/v1/chat/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                answer_id = chunk["id"]
+                text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+                if text and not switched.is_set():
+                    engine.adapters.activate(AdapterRef("B", two_adapters["b"]))  # no previous kept: A goes
+                    assert engine.active_adapter == "B" and "A" in engine.loaded_adapters()  # the answer uses it
+                    switched.set()
+                parts.append(text or "")
+        assert switched.is_set() and "".join(parts) == expected
+        stored = live.store.read("SELECT adapter_version, content FROM messages WHERE id = ?", [answer_id])
+        assert stored == [{"adapter_version": "A", "content": expected}]
+        wait_for(lambda: engine.loaded_adapters() == ["B"], what="A unloaded after its last answer")
+        after = httpx.post(f"{live.url}/v1/chat/completions", json={**body, "stream": False}, timeout=120).json()
+        assert after["adapter_version"] == "B"
