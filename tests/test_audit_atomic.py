@@ -128,9 +128,10 @@ def check_approval(server, registry, decide, folder, tiny_model_dir, tmp_path):
 
 
 def test_an_export_and_its_audit_row_commit_together(settings, tmp_path):
-    from feedback.store import Store
+    from deploy.record import record_store
 
-    with Store(settings.record_path) as store:
+    database = {"CARECYCLE_DATABASE_URL": settings.database_url} if settings.database_url else {}
+    with record_store(settings) as store:
         store.write(lambda conn: conn.execute(
             "INSERT INTO conversations (id, user_id) VALUES ('c1', 'alice');"
             "INSERT INTO messages (id, conversation_id, role, content) VALUES ('q1', 'c1', 'user', 'is 2 g a day safe?');"
@@ -141,16 +142,16 @@ def test_an_export_and_its_audit_row_commit_together(settings, tmp_path):
     out = tmp_path / "kto.jsonl"
     export = ("export", "--format", "kto", "--as", "jsonl", "--out", str(out))
 
-    refused = run_cli(*export, data_dir=settings.data_dir)
-    assert refused.returncode != 0 and "CHECK constraint" in refused.stderr
+    refused = run_cli(*export, data_dir=settings.data_dir, **database)
+    assert refused.returncode != 0 and "check constraint" in refused.stderr.lower()
     assert sorted(p.name for p in tmp_path.iterdir() if "kto" in p.name) == []  # no file, not even a partial one
 
-    with Store(settings.record_path) as store:
+    with record_store(settings) as store:
         refuse_audit_rows(store, None)
-    done = run_cli(*export, data_dir=settings.data_dir)
+    done = run_cli(*export, data_dir=settings.data_dir, **database)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file() and not (tmp_path / f".{out.name}.unaudited").exists()
-    with Store(settings.record_path) as store:
+    with record_store(settings) as store:
         exported = store.read("SELECT actor, target, detail FROM audit_log WHERE action = 'dataset.export'")
     assert [(row["actor"], row["target"]) for row in exported] == [("cli", str(out))]
     assert json.loads(exported[0]["detail"])["rows"] == len(out.read_text().splitlines())

@@ -128,6 +128,38 @@ def _awkward_exchange(store) -> str:
     return asyncio.run(exchange())
 
 
+def test_a_snapshot_of_the_copied_record_equals_the_duckdb_one(tmp_path, postgres_url):
+    """The PostgreSQL snapshot (COPY out of one repeatable-read transaction) writes the Parquet files
+    the DuckDB one writes for the same record: the same columns, types and rows (DuckDB also marks
+    its NOT NULL columns required; readers see no difference)."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from retrain.datasets.snapshot import write_snapshot
+
+    data_dir = tmp_path / "data"
+    with Store(data_dir / "carecycle.duckdb") as duck:
+        _fill(duck, exchanges=3)
+        _awkward_exchange(duck)
+        from_duckdb = write_snapshot(duck, tmp_path / "from-duckdb")
+    assert run_cli("db", "copy", "--to", postgres_url, data_dir=data_dir).returncode == 0
+    with PgStore(postgres_url) as pg:
+        from_postgresql = write_snapshot(pg, tmp_path / "from-postgresql")
+
+    assert from_postgresql.row_counts == from_duckdb.row_counts
+    assert from_postgresql.row_counts["messages"] == 8 and from_postgresql.schema_version == from_duckdb.schema_version
+    reader = duckdb.connect()
+    for table in from_duckdb.row_counts:
+        files = [str(snapshot.path / f"{table}.parquet") for snapshot in (from_duckdb, from_postgresql)]
+        schemas = [[(field.name, field.type) for field in pq.read_schema(file)] for file in files]
+        assert schemas[1] == schemas[0], table
+        rows = [reader.execute("SELECT * FROM read_parquet(?) ORDER BY ALL", [file]).fetchall() for file in files]
+        assert rows[1] == rows[0], table
+    awkward = reader.execute("SELECT content FROM read_parquet(?) WHERE role = 'assistant' AND content = 'NA'",
+                             [str(from_postgresql.path / "messages.parquet")]).fetchall()
+    assert awkward == [("NA",)]  # text, not NULL
+
+
 def test_the_copied_record_serves(settings, tiny_engine, postgres_url):
     """After `db copy`, a server on CARECYCLE_DATABASE_URL shows a user her history and takes her vote
     and her next question (the sequences continue after the copied rows)."""
