@@ -55,6 +55,7 @@ def serve(
     import uvicorn
 
     from deploy.app import build_app, build_services
+    from deploy.record import record_name
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
@@ -62,7 +63,7 @@ def serve(
         services = build_services(settings)
     except CarecycleError as exc:
         _fail(str(exc))
-    typer.echo(f"carecycle serving {settings.model_id} on http://{settings.host}:{settings.port}/ (record: {settings.record_path})")
+    typer.echo(f"carecycle serving {settings.model_id} on http://{settings.host}:{settings.port}/ (record: {record_name(settings)})")
     # Gradio keeps SSE streams open: without a graceful-shutdown timeout SIGTERM waits on them
     uvicorn.run(build_app(settings, services), host=settings.host, port=settings.port, timeout_graceful_shutdown=3)
 

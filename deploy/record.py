@@ -20,3 +20,12 @@ def record_store(settings: Settings) -> Store | PgStore:
 
         return PgStore(settings.database_url, max_queued=settings.write_queue_limit)
     return Store(settings.record_path, max_queued=settings.write_queue_limit)
+
+
+def record_name(settings: Settings) -> str:
+    """Where the record is, for messages: the DuckDB file, or user@host:port/dbname (no password)."""
+    if settings.database_url:
+        from feedback.pg_store import where
+
+        return where(settings.database_url)
+    return str(settings.record_path)
