@@ -20,6 +20,7 @@ from feedback.registry_record import RegistryRecord
 from feedback.retention import forget_conversation, purge_expired
 from feedback.review_record import ReviewRecord
 from feedback.store import Store, migration_files
+from tests.test_cli import run_cli
 
 pytestmark = [pytest.mark.postgres, pytest.mark.both_backends]  # any_store: tests/conftest.py
 
@@ -242,3 +243,25 @@ def test_retention_and_the_judging_sweep_run_on_both_backends(any_store):
     assert [r["id"] for r in any_store.read("SELECT id FROM prompts")] == ["p-new"]
     assert any_store.read_one("SELECT count(*) FROM feedback")[0] == 0
     assert audit_rows(any_store)[0]["action"] == "retention.purge"
+
+
+def test_cli_commands_open_the_record_the_database_url_names(postgres_url, tmp_path):
+    created = run_cli("users", "create", "olga", "--role", "operator", data_dir=tmp_path, CARECYCLE_DATABASE_URL=postgres_url)
+    assert created.returncode == 0, created.stderr
+    listed = run_cli("users", "list", data_dir=tmp_path, CARECYCLE_DATABASE_URL=postgres_url)
+    assert listed.returncode == 0 and listed.stdout.split() == ["olga", "operator"]
+    assert not (tmp_path / "carecycle.duckdb").exists()  # the DuckDB file was never opened
+    with PgStore(postgres_url) as store:
+        assert [(r["actor"], r["action"], r["target"]) for r in audit_rows(store)] == [("cli", "user.create", "olga")]
+
+
+@pytest.mark.parametrize("url, words", [
+    ("mysql://carecycle:secret@dbhost/record", "CARECYCLE_DATABASE_URL=(not shown: it may hold a password): "
+                                               "CARECYCLE_DATABASE_URL takes a PostgreSQL URL"),
+    ("postgresql://carecycle:secret@127.0.0.1:1/record", "cannot reach the PostgreSQL record at carecycle@127.0.0.1:1/record"),
+])
+def test_a_wrong_database_url_is_one_line_without_its_password(tmp_path, url, words):
+    result = run_cli("users", "list", data_dir=tmp_path, CARECYCLE_DATABASE_URL=url)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert words in lines[0] and "secret" not in lines[0]
