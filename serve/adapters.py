@@ -10,17 +10,21 @@ on it. Versions loaded for another purpose (a candidate under evaluation, one aw
 approval) are kept until released.
 
 The engines provide the primitives (``load_adapter``, ``activate_adapter``,
-``unload_adapter``, ``loaded_adapters``); nothing else calls them.
+``unload_adapter``, ``loaded_adapters``); nothing else calls them. ``AnswersInFlight`` is the
+bookkeeping both engines keep so that an unload waits for the version's last answer.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from feedback.errors import CarecycleError
+from serve.errors import AdapterError
 
 if TYPE_CHECKING:
     from serve.engine import Engine
@@ -106,3 +110,52 @@ class AdapterLifecycle:
                     self.engine.unload_adapter(version)
                 except CarecycleError as exc:
                     log.warning("could not unload adapter %s: %s", version, exc)
+
+
+class AnswersInFlight:
+    """The engines' side of "unload once no answer uses it": the answers using each version and
+    the versions waiting to be unloaded. Not locked: each engine calls it under its own
+    bookkeeping lock."""
+
+    def __init__(self) -> None:
+        self._answers: Counter[str] = Counter()
+        self._unloading: set[str] = set()
+
+    def claim(self, version: str | None) -> None:
+        """An answer starts on ``version`` (None: the base model, nothing to count)."""
+        if version is not None:
+            self._answers[version] += 1
+
+    def release(self, version: str | None) -> bool:
+        """An answer on ``version`` ended; True when the version may be unloaded now."""
+        if version is None:
+            return False
+        self._answers[version] -= 1
+        return self.may_unload(version)
+
+    def unload_when_idle(self, version: str, loaded: Collection[str], active: str | None) -> bool:
+        """Mark ``version`` to go once its last answer ends; True when none uses it now.
+        AdapterError when it is not loaded or still active."""
+        if version not in loaded:
+            raise AdapterError(f"adapter version {version!r} is not loaded")
+        if version == active:
+            raise AdapterError(f"adapter version {version!r} is active; activate another one first")
+        self._unloading.add(version)
+        return self.may_unload(version)
+
+    def activated(self, version: str | None, loaded: Collection[str]) -> None:
+        """``version`` becomes active: it stays loaded after all. AdapterError when it is not loaded."""
+        if version is not None and version not in loaded:
+            raise AdapterError(f"adapter version {version!r} is not loaded; load it first")
+        self._unloading.discard(version)
+
+    def unloading(self, version: str | None) -> bool:
+        return version in self._unloading
+
+    def may_unload(self, version: str) -> bool:
+        """Marked for unloading and no answer uses it (checked again just before the unload: an
+        answer may have started since, or the version may be active again)."""
+        return version in self._unloading and not self._answers[version]
+
+    def unloaded(self, version: str) -> None:
+        self._unloading.discard(version)

@@ -27,12 +27,12 @@ import queue
 import re
 import threading
 import time
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serve.adapters import AnswersInFlight
 from serve.engine import ACTIVE, Engine, Generation, GenerationParams
 from serve.errors import AdapterError, EngineUnavailableError, ModelLoadError
 from serve.merged_weights import MergedWeights, unmergeable
@@ -138,9 +138,7 @@ class LocalEngine(Engine):
         self._adapters: dict[str, str] = {}
         self._weights = MergedWeights()  # the adapter a batch uses is merged into the weights
         self._active: str | None = None
-        # answers in flight per adapter: an adapter is deleted only once none uses it any more
-        self._in_flight: Counter[str] = Counter()
-        self._unload_when_idle: set[str] = set()
+        self._answers = AnswersInFlight()  # an adapter is deleted only once no answer uses it any more
         # the scheduler lives as long as the process: servers that come and go (tests) share one engine
         self._incoming: queue.Queue[_Request] = queue.Queue()
         self._scheduler = threading.Thread(target=self._schedule, name="carecycle-generate", daemon=True)
@@ -234,7 +232,7 @@ class LocalEngine(Engine):
         generation.finish_reason = "length" if generated >= request.params.max_tokens and not hit_eos else "stop"
         request.finished = True
         with self._adapters_lock:
-            unloading = generation.adapter_version in self._unload_when_idle
+            unloading = self._answers.unloading(generation.adapter_version)
         if not unloading:
             request.send(_DONE)
             request.ended = True
@@ -252,16 +250,12 @@ class LocalEngine(Engine):
             version = self._active if adapter == ACTIVE else adapter
             if version is not None and version not in self._adapters:
                 raise AdapterError(f"adapter version {version!r} is not loaded")
-            if version is not None:
-                self._in_flight[version] += 1
+            self._answers.claim(version)
             return version
 
     def _release(self, version: str | None) -> None:
-        if version is None:
-            return
         with self._adapters_lock:
-            self._in_flight[version] -= 1
-            idle = self._in_flight[version] == 0 and version in self._unload_when_idle
+            idle = self._answers.release(version)
         if idle:
             self._delete_if_unused(version)
 
@@ -327,20 +321,13 @@ class LocalEngine(Engine):
 
     def activate_adapter(self, version: str | None) -> None:
         with self._adapters_lock:
-            if version is not None and version not in self._adapters:
-                raise AdapterError(f"adapter version {version!r} is not loaded; load it first")
-            self._unload_when_idle.discard(version)
+            self._answers.activated(version, self._adapters)
             self._active = version
 
     def unload_adapter(self, version: str) -> None:
         """Free an adapter; while answers still use it, it goes when the last one ends."""
         with self._adapters_lock:
-            if version not in self._adapters:
-                raise AdapterError(f"adapter version {version!r} is not loaded")
-            if version == self._active:
-                raise AdapterError(f"adapter version {version!r} is active; activate another one first")
-            self._unload_when_idle.add(version)
-            idle = self._in_flight[version] == 0
+            idle = self._answers.unload_when_idle(version, self._adapters, self._active)
         if idle:
             self._delete_if_unused(version)
 
@@ -348,11 +335,11 @@ class LocalEngine(Engine):
         """Delete an adapter marked for unloading once no answer uses it (checked again here,
         under both locks: a request may have claimed it, or it may be active again)."""
         with self._model_lock, self._adapters_lock:
-            if version not in self._unload_when_idle or self._in_flight[version] or version not in self._adapters:
+            if not self._answers.may_unload(version) or version not in self._adapters:
                 return
             self._delete(version)
             del self._adapters[version]
-            self._unload_when_idle.discard(version)
+            self._answers.unloaded(version)
 
     def _delete(self, version: str) -> None:
         """Remove ``version`` from the peft model (callers hold the model lock); without any

@@ -21,7 +21,6 @@ import logging
 import re
 import threading
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from feedback.errors import CarecycleError
+from serve.adapters import AnswersInFlight
 from serve.engine import ACTIVE, Engine, Generation, GenerationParams
 from serve.errors import AdapterError, EngineUnavailableError, ModelLoadError
 
@@ -74,9 +74,7 @@ class VLLMEngine(Engine):
         self._name_locks: dict[str, threading.Lock] = {}
         self._adapters: dict[str, _Adapter] = {}
         self._active: str | None = None
-        # answers streaming per adapter: an adapter is unloaded only once none uses it any more
-        self._in_flight: Counter[str] = Counter()
-        self._unload_when_idle: set[str] = set()
+        self._answers = AnswersInFlight()  # an adapter is unloaded only once no answer streams from it
 
     # -- errors ----------------------------------------------------------------------
     def _unreachable(self, exc: httpx.TransportError) -> EngineUnavailableError:
@@ -175,20 +173,13 @@ class VLLMEngine(Engine):
 
     def activate_adapter(self, version: str | None) -> None:
         with self._registry_lock:
-            if version is not None and version not in self._adapters:
-                raise AdapterError(f"adapter version {version!r} is not loaded; load it first")
-            self._unload_when_idle.discard(version)
+            self._answers.activated(version, self._adapters)
             self._active = version
 
     def unload_adapter(self, version: str) -> None:
         """Free an adapter; while answers still stream from it, it goes when the last one ends."""
         with self._registry_lock:
-            if version not in self._adapters:
-                raise AdapterError(f"adapter version {version!r} is not loaded")
-            if version == self._active:
-                raise AdapterError(f"adapter version {version!r} is active; activate another one first")
-            self._unload_when_idle.add(version)
-            idle = not self._in_flight[version]
+            idle = self._answers.unload_when_idle(version, self._adapters, self._active)
         if idle:
             self._drop(version)
 
@@ -197,9 +188,9 @@ class VLLMEngine(Engine):
         answer may have started, or it may be active again) and free it in vLLM; a failure
         there only costs memory."""
         with self._lock(version), self._registry_lock:
-            if version not in self._unload_when_idle or self._in_flight[version]:
+            if not self._answers.may_unload(version):
                 return
-            self._unload_when_idle.discard(version)
+            self._answers.unloaded(version)
             adapter = self._adapters.pop(version, None)
         if adapter is None:
             return
@@ -209,17 +200,13 @@ class VLLMEngine(Engine):
             log.warning("adapter %s stays loaded in vLLM as %s: %s", version, adapter.served_name, exc)
 
     def _claim(self, version: str | None) -> None:
-        if version is not None:
-            with self._registry_lock:
-                self._in_flight[version] += 1
+        with self._registry_lock:
+            self._answers.claim(version)
 
     def _release(self, version: str | None) -> None:
         """An answer on ``version`` ended: free the adapter (off the event loop) if it waits for that."""
-        if version is None:
-            return
         with self._registry_lock:
-            self._in_flight[version] -= 1
-            idle = not self._in_flight[version] and version in self._unload_when_idle
+            idle = self._answers.release(version)
         if idle:
             asyncio.get_running_loop().run_in_executor(None, self._drop, version)
 

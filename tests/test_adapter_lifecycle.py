@@ -163,3 +163,45 @@ def test_an_answer_streaming_on_a_when_b_is_activated_finishes_on_a(settings, en
         wait_for(lambda: engine.loaded_adapters() == ["B"], what="A unloaded after its last answer")
         after = httpx.post(f"{live.url}/v1/chat/completions", json={**body, "stream": False}, timeout=120).json()
         assert after["adapter_version"] == "B"
+
+
+def test_vllm_unloads_a_version_only_after_its_last_stream():
+    """vLLM cannot run in this tier (tests/test_vllm_engine.py runs the real one): its HTTP API
+    is stood in for by httpx's MockTransport, with a stream that waits for the test."""
+    from serve.vllm_engine import VLLMEngine
+
+    unloaded: list[str] = []
+
+    async def run():
+        more = asyncio.Event()
+
+        async def stream():
+            yield b'data: {"choices": [{"delta": {"content": "one"}}]}\n\n'
+            await more.wait()
+            yield b'data: {"choices": [{"delta": {"content": " two"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+        def vllm(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/unload_lora_adapter":
+                unloaded.append(json.loads(request.content)["lora_name"])
+            return httpx.Response(200, content=stream()) if request.url.path == "/v1/chat/completions" else (
+                httpx.Response(200, json={}))
+
+        engine = VLLMEngine("http://vllm.test", "tiny")
+        engine._client = httpx.Client(base_url=engine.base_url, transport=httpx.MockTransport(vllm))
+        engine._async_client = httpx.AsyncClient(base_url=engine.base_url, transport=httpx.MockTransport(vllm))
+        engine._async_loop = asyncio.get_running_loop()
+        engine.adapters.activate(AdapterRef("v1", "/adapters/v1"))
+        generation = engine.generate(PROMPTS[0], GenerationParams(max_tokens=8))
+        first = await anext(generation.deltas)
+        engine.adapters.activate(None)  # v1 is neither active nor kept as the previous version
+        assert engine.loaded_adapters() == ["v1"] and unloaded == []  # its answer still streams
+        more.set()
+        text = first + "".join([delta async for delta in generation])
+        for _ in range(100):  # the unload runs off the event loop
+            if unloaded:
+                break
+            await asyncio.sleep(0.05)
+        return text, generation.adapter_version, engine.loaded_adapters()
+
+    assert asyncio.run(run()) == ("one two", "v1", [])
+    assert len(unloaded) == 1 and unloaded[0].startswith("v1-")
