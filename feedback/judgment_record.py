@@ -49,7 +49,7 @@ class JudgmentRecord:
         def task(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute(
                 "INSERT INTO judge_attempts (message_id, judge, attempts, last_error) VALUES (?, ?, 1, ?)"
-                " ON CONFLICT (message_id, judge) DO UPDATE SET attempts = attempts + 1,"
+                " ON CONFLICT (message_id, judge) DO UPDATE SET attempts = judge_attempts.attempts + 1,"
                 " last_error = excluded.last_error, last_at = now()",
                 [message_id, judge, error],
             )

@@ -14,6 +14,9 @@ from serve.judges.prompting import judge_messages, parse_judge_reply
 from tests.conftest import free_port, start_server, wait_for
 from tests.test_chat_api import QUESTION, chat
 
+# the tests that start a server (``settings``) run on DuckDB, then PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.mark.parametrize("text, expected", [
     ("Accept", Label.ACCEPT), ("accept.", Label.ACCEPT), ("  ACCEPT\n", Label.ACCEPT),

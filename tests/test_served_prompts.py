@@ -22,6 +22,9 @@ from serve.judges.base import Judge, Judgment
 from serve.reminder import SAFETY_REMINDER
 from tests.conftest import start_server, wait_for
 
+# the tests that start a server (``settings``) run on DuckDB, then PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 
 class RecordingEngine:
     """The tiny engine with every prompt it receives copied at the engine boundary."""
