@@ -106,6 +106,7 @@ def evaluate(
     from retrain.evaluation.adapter_check import check_adapter_matches
     from retrain.evaluation.adapter_eval import evaluate_adapter
     from retrain.evaluation.report import write_report
+    from serve.adapters import AdapterRef
 
     settings = Settings()
     try:
@@ -116,7 +117,7 @@ def evaluate(
         engine = build_engine(settings)
         version = None if folder is None else f"eval-{Path(folder).name}"
         if folder is not None:
-            engine.load_adapter(version, str(folder))
+            engine.adapters.keep(AdapterRef(version, str(folder)))
         scorer = build_judge(judge, settings, engine)
     except CarecycleError as exc:
         fail(str(exc))

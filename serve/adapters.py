@@ -10,7 +10,7 @@ on it. Versions loaded for another purpose (a candidate under evaluation, one aw
 approval) are kept until released.
 
 The engines provide the primitives (``load_adapter``, ``activate_adapter``,
-``unload_adapter``, ``loaded_adapters``); nothing else calls them. ``AnswersInFlight`` is the
+``unload_adapter``, ``loaded_adapters``) and the rest of carecycle goes through this owner. ``AnswersInFlight`` is the
 bookkeeping both engines keep so that an unload waits for the version's last answer.
 """
 
