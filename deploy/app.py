@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -14,14 +13,13 @@ from fastapi.responses import RedirectResponse
 from deploy import cycle_routes
 from deploy.cycle import Cycle, CycleConfig
 from deploy.promotion import restore_active, rollback
-from deploy.scheduler import start_scheduler
+from deploy.scheduler import Jobs, ask_for_cycle, follow_registry, start_jobs
 from deploy.record import record_store
 from deploy.settings import Settings
 from feedback.accounts import Accounts
 from feedback.chat_record import ChatRecord
 from feedback.errors import CarecycleError
 from feedback.judgment_record import JudgmentRecord
-from feedback.retention import purge_expired
 from feedback.review_record import ReviewRecord
 from feedback.store import Store
 from retrain.gate import GatePolicy
@@ -34,12 +32,11 @@ from serve.engine import Engine, GenerationParams, create_engine
 from serve.judges.base import Judge, create_judge
 from serve.judging_worker import JudgingPolicy, JudgingWorker
 from serve.errors import carecycle_error_handler, validation_error_handler
-from serve.rate_limit import RateLimiter
+from serve.rate_limit import RateLimiter, SharedRateLimiter
 
 UI_PATH = "/ui"
 REVIEW_PATH = "/review"
 CYCLES_PATH = "/cycles"
-log = logging.getLogger("carecycle")
 
 
 @dataclass
@@ -148,17 +145,16 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        interrupted = services.cycle.registry.interrupt_running()  # a cycle the last server did not finish
-        if interrupted:
-            log.warning("marked interrupted: %s", ", ".join(interrupted))
+        embedded = settings.worker == "embedded"  # else `carecycle worker` runs the jobs and the sweep
+        jobs = start_jobs(settings, services.cycle) if embedded else Jobs()
         restore_active(services.engine, services.cycle.registry)
-        await services.judging.start()
-        retention = asyncio.create_task(_enforce_retention(settings, services.store))
-        app.state.scheduler = start_scheduler(services.cycle, settings) if settings.cycle_enabled else None
+        await services.judging.start(sweep=embedded)
+        if not embedded:  # replicas: promotions and rollbacks may happen through any of them
+            jobs.tasks.append(asyncio.create_task(
+                follow_registry(services.engine, services.cycle.registry, settings.registry_poll_s)))
+        app.state.scheduler = jobs.scheduler
         yield
-        if app.state.scheduler:
-            app.state.scheduler.shutdown(wait=False)
-        retention.cancel()
+        jobs.stop()
         await asyncio.to_thread(stop_all_training)  # a training child must not outlive the server
         await services.judging.stop()
         services.close()
@@ -173,7 +169,9 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.cycle = services.cycle
     app.state.accounts = Accounts(services.store)
     app.state.review_record = ReviewRecord(services.store)
-    app.state.rate_limiter = RateLimiter({"chat": settings.rate_limit_chat, "feedback": settings.rate_limit_feedback})
+    limits = {"chat": settings.rate_limit_chat, "feedback": settings.rate_limit_feedback}
+    # replicas on one PostgreSQL record count in it, so a limit holds whichever replica a request reaches
+    app.state.rate_limiter = SharedRateLimiter(services.store, limits) if settings.database_url else RateLimiter(limits)
     app.add_exception_handler(CarecycleError, carecycle_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
@@ -184,16 +182,6 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
     if settings.ui:
         _mount_ui(app, services)
     return app
-
-
-async def _enforce_retention(settings: Settings, store: Store) -> None:
-    """Hourly: delete conversations past the retention period (when one is set)."""
-    while settings.retention_days:
-        try:
-            await asyncio.to_thread(purge_expired, store, "system:retention", settings.retention_days)
-        except Exception as exc:  # try again next hour; the loop must outlive one failure
-            log.error("retention purge failed: %s", exc)
-        await asyncio.sleep(3600)
 
 
 def _mount_ui(app: FastAPI, services: Services) -> None:
@@ -218,8 +206,14 @@ def _mount_ui(app: FastAPI, services: Services) -> None:
     cycle = services.cycle
     dashboard = build_cycles_page(
         cycle.registry, accounts, lambda: services.engine.active_adapter,
-        trigger=lambda actor: f"cycle {cycle.trigger(f'ui:{actor}', actor)} started",
+        trigger=lambda actor: _cycle_asked(ask_for_cycle(app.state.settings, cycle, f"ui:{actor}", actor)),
         rollback=lambda actor: rollback(services.engine, cycle.registry, actor),  # the page runs it in a thread
     )
     gr.mount_gradio_app(app, dashboard, path=CYCLES_PATH, auth=sign_in(accounts, "operator"),
                         auth_message="carecycle cycles — operators and admins sign in")
+
+
+def _cycle_asked(asked: dict) -> str:
+    if "cycle_id" in asked:
+        return f"cycle {asked['cycle_id']} started"
+    return f"cycle queued for the worker (request {asked['request_id']})"

@@ -68,6 +68,33 @@ def serve(
     uvicorn.run(build_app(settings, services), host=settings.host, port=settings.port, timeout_graceful_shutdown=3)
 
 
+@app.command()
+def worker() -> None:
+    """Past one machine: run the nightly cycle, requested cycles, the judging sweep and retention for
+    the app replicas on CARECYCLE_DATABASE_URL. Start one or more: one is elected, the others stand by."""
+    import asyncio
+    import logging
+
+    from deploy.app import build_services
+    from deploy.worker import run_worker
+
+    settings = Settings()
+    if settings.worker != "external":
+        _fail("carecycle worker runs the jobs of replicas that run none: set CARECYCLE_WORKER=external and "
+              "CARECYCLE_DATABASE_URL=postgresql://… for the worker and every replica")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        services = build_services(settings)
+    except CarecycleError as exc:
+        _fail(str(exc))
+    try:
+        asyncio.run(run_worker(settings, services))
+    except CarecycleError as exc:  # the lock's connection was lost: exit, another worker takes over
+        _fail(str(exc))
+    finally:
+        services.close()
+
+
 @vllm_app.command("start")
 def vllm_start() -> None:
     """Start vLLM for CARECYCLE_MODEL on CARECYCLE_VLLM_URL's port (loopback, API key, run-time LoRA); Ctrl-C stops it."""

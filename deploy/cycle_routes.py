@@ -7,12 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
+from feedback.coordination import CycleRequests
 from feedback.errors import ConflictError
 from serve.dependencies import AdminUser
 from serve.errors import ERROR_RESPONSES
 
 from deploy.cycle import Cycle
 from deploy.promotion import promote, rollback
+from deploy.scheduler import ask_for_cycle
 
 router = APIRouter(prefix="/api/admin", tags=["cycles"], responses=ERROR_RESPONSES)
 
@@ -35,9 +37,16 @@ def list_cycles(cycle: CycleDep, admin: AdminUser, limit: int = Query(50, ge=1, 
 
 
 @router.post("/cycles", status_code=202)
-async def trigger_cycle(cycle: CycleDep, admin: AdminUser):
-    cycle_id = cycle.trigger(f"api:{admin.id}", admin.id)
-    return {"cycle_id": cycle_id, "status": "running"}
+async def trigger_cycle(request: Request, cycle: CycleDep, admin: AdminUser):
+    """Starts a cycle, or (CARECYCLE_WORKER=external) queues it for the worker: then the answer
+    has a request_id to follow at /api/admin/cycle-requests/{request_id}."""
+    return ask_for_cycle(request.app.state.settings, cycle, f"api:{admin.id}", admin.id)
+
+
+@router.get("/cycle-requests/{request_id}")
+def get_cycle_request(request_id: str, cycle: CycleDep, admin: AdminUser):
+    """A queued cycle: its status (queued, started) and, once started, its cycle_id."""
+    return CycleRequests(cycle.store).get(request_id)
 
 
 @router.get("/cycles/{cycle_id}")

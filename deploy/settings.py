@@ -94,6 +94,19 @@ class Settings(BaseSettings):
     retention_days: int | None = Field(
         None, ge=1, description="Delete conversations whose last message is older than this (unset: keep)."
     )
+    worker: Literal["embedded", "external"] = Field(
+        "embedded",
+        description="Who runs the schedule, cycles, judging sweep and retention: `embedded` (this server) or "
+        "`external` (one elected `carecycle worker` on the PostgreSQL record; app replicas then run none of them, "
+        "queue the cycles admins ask for, and follow the registry's active adapter).",
+    )
+    worker_poll_s: float = Field(
+        5.0, gt=0, description="With an external worker: how often it looks for requested cycles, and how often a "
+        "standby worker tries to take over.",
+    )
+    registry_poll_s: float = Field(
+        5.0, gt=0, description="With an external worker: how often each replica checks the registry's active adapter.",
+    )
     cycle_enabled: bool = Field(True, description="Run the realignment cycle on the schedule.")
     cycle_time: str = Field(
         "02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$", description="When the nightly cycle starts (HH:MM or HH:MM:SS)."
@@ -158,6 +171,13 @@ class Settings(BaseSettings):
             raise ValueError("CARECYCLE_DATABASE_URL takes a PostgreSQL URL, postgresql://user:password@host:5432/dbname "
                              "(unset it to keep the record in the DuckDB file)")
         return url or None
+
+    @model_validator(mode="after")
+    def _external_worker_shares_the_record(self) -> "Settings":
+        if self.worker == "external" and not self.database_url:
+            raise ValueError("CARECYCLE_WORKER=external needs CARECYCLE_DATABASE_URL: the worker and the app replicas "
+                             "share the record in PostgreSQL")
+        return self
 
     @model_validator(mode="after")
     def _judges_are_usable(self) -> "Settings":
