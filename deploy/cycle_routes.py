@@ -33,7 +33,10 @@ class Decision(BaseModel):
 
 @router.get("/cycles")
 def list_cycles(cycle: CycleDep, admin: AdminUser, limit: int = Query(50, ge=1, le=1000)):
-    return {"running": cycle.running, "data": cycle.registry.cycles(limit)}
+    cycles = cycle.registry.cycles(limit)
+    # running here, or (CARECYCLE_WORKER=external) on the worker, as the record says
+    running = cycle.running or next((c["id"] for c in cycles if c["status"] == "running"), None)
+    return {"running": running, "data": cycles}
 
 
 @router.post("/cycles", status_code=202)

@@ -56,6 +56,10 @@ def test_a_replica_queues_the_cycle_for_the_worker_and_runs_none(settings, tiny_
             waiting = http.get(f"/api/admin/cycle-requests/{request_id}", headers=bearer(admin)).json()
             assert waiting["status"] == "queued" and waiting["cycle_id"] is None and waiting["requested_by"] == "ada"
             assert http.get("/api/admin/cycle-requests/req-nope", headers=bearer(admin)).status_code == 404
+            RegistryRecord(live.store).start_cycle("cyc-on-worker", "api:ada")  # as the worker would
+            assert http.get("/api/admin/cycles", headers=bearer(admin)).json()["running"] == "cyc-on-worker"
+            busy = http.post("/api/admin/cycles", headers=bearer(admin))
+            assert busy.status_code == 409 and "cyc-on-worker is running" in busy.json()["error"]["message"]
         assert live.services.cycle.running is None and live.app.state.scheduler is None
         audited = live.store.read("SELECT actor, target FROM audit_log WHERE action = 'cycle.request'")
         assert audited == [{"actor": "ada", "target": request_id}]
