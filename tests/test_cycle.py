@@ -14,6 +14,9 @@ from serve.judges.base import Judge, Judgment
 from tests.conftest import start_server, wait_for
 from tests.test_chat_api import bearer
 
+# the tests that start a server run on DuckDB, then PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.both_backends
+
 TRAIN = {"max_steps": 4, "learning_rate": 5e-2, "per_device_train_batch_size": 2, "lora_r": 4, "lora_alpha": 8,
          "max_length": 1024, "torch_threads": 1}
 EVAL_ITEMS = 16  # 4 harmless, 12 harmful: enough for the paired test at α = 0.05
@@ -206,10 +209,10 @@ def test_a_failing_step_is_recorded_and_serving_goes_on(cycle_settings, tiny_eng
 
 
 def test_an_interrupted_cycle_is_marked_on_restart(cycle_settings, tiny_engine):
+    from deploy.record import record_store
     from feedback.registry_record import RegistryRecord, candidate_version
-    from feedback.store import Store
 
-    with Store(cycle_settings.record_path) as store:
+    with record_store(cycle_settings) as store:
         registry = RegistryRecord(store)
         registry.start_cycle("cyc-killed", "schedule")
         for cycle_id in ("cyc-killed", "cyc-other"):  # a candidate of the killed cycle, one of another
