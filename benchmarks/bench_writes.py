@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,8 @@ def serve(args: argparse.Namespace) -> None:
                         rate_limit_chat=0, rate_limit_feedback=0)
     services = build_services(settings, engine=LocalEngine(args.model, torch_threads=1))
     services.store.max_batch = args.max_batch
-    uvicorn.run(build_app(settings, services), host="127.0.0.1", port=args.port, log_level="warning")
+    # one worker (the process owns the DuckDB file); uvloop and httptools when installed (uvicorn's "auto")
+    uvicorn.run(build_app(settings, services), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
 def start_server(data_dir: Path, model: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
@@ -260,7 +262,8 @@ def main() -> None:
         per_row_after, _ = bare_duckdb(scratch / "after", args.baseline_rows)
         load_after = os.getloadavg()[0]
     baseline = (per_row + per_row_after) / 2
-    print(f"load average (1 min): {load_before:.1f} before, {load_after:.1f} after; {os.cpu_count()} CPUs")
+    print(f"load average (1 min): {load_before:.1f} before, {load_after:.1f} after; {os.cpu_count()} CPUs; "
+          f"event loop {'uvloop' if find_spec('uvloop') else 'asyncio'}, HTTP parser {'httptools' if find_spec('httptools') else 'h11'}")
     print(f"baseline, bare DuckDB, one transaction per row: {per_row:,.0f} rows/s before, {per_row_after:,.0f} after "
           f"(all {args.baseline_rows} rows in one transaction: {one_transaction:,.0f} rows/s)")
     for batch, figures in runs.items():

@@ -7,15 +7,15 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serve.dependencies import ChatRecordDep, ChatServiceDep, CurrentUser, SignedInUser, rate_limited
+from serve.dependencies import ChatRecordDep, ChatServiceDep, ChattingUser, CurrentUser, SignedInUser, VotingUser
 from serve.errors import ERROR_RESPONSES
 from serve.protocol import ChatCompletionRequest, ChatCompletionResponse, FeedbackRequest, FeedbackResponse
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, dependencies=[rate_limited("chat")])
-async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep, user: CurrentUser):
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, service: ChatServiceDep, user: ChattingUser):
     chat = await service.prepare(body, user.id)
     headers = {"X-Conversation-Id": chat.turn.conversation_id}
     if body.stream:
@@ -34,8 +34,8 @@ async def list_models(service: ChatServiceDep, user: CurrentUser):
     }
 
 
-@router.post("/api/feedback", response_model=FeedbackResponse, dependencies=[rate_limited("feedback")])
-async def feedback(body: FeedbackRequest, record: ChatRecordDep, user: CurrentUser) -> FeedbackResponse:
+@router.post("/api/feedback", response_model=FeedbackResponse)
+async def feedback(body: FeedbackRequest, record: ChatRecordDep, user: VotingUser) -> FeedbackResponse:
     result = await record.vote(user.id, body.message_id, body.rating, body.reason, body.comment)
     return FeedbackResponse(**result)
 

@@ -1,9 +1,10 @@
 """Typed dependencies: what a route may ask for. The app factory puts the services on app.state.
 
-The dependencies are ``async def`` where they do no blocking I/O: FastAPI runs a plain ``def``
-dependency in the thread pool, a hop per dependency per request. What reads the record (an
-API key the cache does not have, a rate limit counted in the record) goes to the thread pool
-explicitly.
+Per-request cost: the dependencies are ``async def`` where they do no blocking I/O (FastAPI
+runs a plain ``def`` dependency in the thread pool, a hop per dependency per request); what
+reads the record (an API key the cache does not have, a rate limit counted in the record) goes
+to the thread pool explicitly. The caller's account is found by a plain function, not a
+sub-dependency, because FastAPI solves a dependency's sub-dependencies again wherever it is used.
 """
 
 from __future__ import annotations
@@ -37,25 +38,26 @@ ChatServiceDep = Annotated[ChatService, Depends(_state("chat_service"))]
 ChatRecordDep = Annotated[ChatRecord, Depends(_state("chat_record"))]
 AccountsDep = Annotated[Accounts, Depends(_state("accounts"))]
 ReviewRecordDep = Annotated[ReviewRecord, Depends(_state("review_record"))]
-RateLimiterDep = Annotated[RateLimiter, Depends(_state("rate_limiter"))]
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def _signed_in(request: Request, accounts: AccountsDep, credentials: Credentials) -> Account | None:
+async def _signed_in(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Account | None:
     """The account of the bearer's API key; None without a token, or (anonymous chat on) for a
     token that is not one of carecycle's keys — OpenAI clients always send some token."""
     if credentials is None:
         return None
     token = credentials.credentials
+    accounts: Accounts = request.app.state.accounts
     account = accounts.cached_api_key(token) or await run_in_threadpool(accounts.by_api_key, token)
     if account is None and (looks_like_api_key(token) or not request.app.state.settings.anonymous_chat):
         raise AuthenticationError("unknown or disabled API key")
     return account
 
 
-async def _chat_user(request: Request, credentials: Credentials, account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+async def _chat_user(request: Request, credentials: Credentials) -> Account:
+    account = await _signed_in(request, credentials)
     if account is not None:
         return account
     if request.app.state.settings.anonymous_chat:
@@ -68,7 +70,8 @@ def _client_address(request: Request) -> str:
 
 
 def _requires(role: str):
-    async def check(account: Annotated[Account | None, Depends(_signed_in)]) -> Account:
+    async def check(request: Request, credentials: Credentials) -> Account:
+        account = await _signed_in(request, credentials)
         if account is None:
             raise AuthenticationError(f"this needs a signed-in {role}: send `Authorization: Bearer <API key>`")
         if not account.has_role(role):
@@ -84,15 +87,23 @@ OperatorUser = Annotated[Account, Depends(_requires("operator"))]
 AdminUser = Annotated[Account, Depends(_requires("admin"))]
 
 
-def rate_limited(action: str):
-    """A dependency that spends one of the user's ``action`` tokens (anonymous: per client address,
-    so that fresh tokens do not buy fresh limits)."""
+def rate_limited_user(action: str):
+    """The caller, as ``CurrentUser``, after spending one of its ``action`` tokens (anonymous: per
+    client address, so that fresh tokens do not buy fresh limits). One dependency for both, so
+    that the route solves the caller once."""
 
-    async def spend(request: Request, user: CurrentUser, limiter: RateLimiterDep) -> None:
+    async def spend(request: Request, credentials: Credentials) -> Account:
+        user = await _chat_user(request, credentials)
+        limiter = request.app.state.rate_limiter
         key = anonymous_account(_client_address(request), None).id if user.anonymous else user.id
         if isinstance(limiter, RateLimiter):  # counted in memory: no I/O
             limiter.check(action, key)
         else:  # counted in the record
             await run_in_threadpool(limiter.check, action, key)
+        return user
 
-    return Depends(spend)
+    return Annotated[Account, Depends(spend)]
+
+
+ChattingUser = rate_limited_user("chat")
+VotingUser = rate_limited_user("feedback")
