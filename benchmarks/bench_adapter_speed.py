@@ -1,7 +1,7 @@
 """Serving through an adapter on the embedded engine: base model vs adapter merged vs unmerged.
 
 Usage: .venv/bin/python benchmarks/bench_adapter_speed.py [--max-tokens 48] [--chats 4]
-       [--rounds 3] [--threads 1] [--models tiny smollm2]
+       [--rounds 3] [--threads 1] [--models tiny smollm2] [--device cpu|cuda|auto]
 
 For each model (the tiny random Llama of the tests; SmolLM2-135M-Instruct when
 data/models/SmolLM2-135M-Instruct exists) and a LoRA adapter shaped as training makes them
@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine has 2 shared cores)")
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"])
+    parser.add_argument("--device", default="cpu", help="the engine's device: cpu, cuda or auto (CARECYCLE_DEVICE)")
     return parser.parse_args()
 
 
@@ -124,9 +125,10 @@ def bench(name: str, model_dir: Path, scratch: Path, args: argparse.Namespace) -
     from serve.adapters import AdapterRef
     from serve.local_engine import LocalEngine
 
-    engine = LocalEngine(str(model_dir), torch_threads=args.threads, device="cpu")
+    engine = LocalEngine(str(model_dir), torch_threads=args.threads, device=args.device)
     adapter = AdapterRef("bench-1", str(make_adapter(model_dir, scratch / f"{name}-adapter")))
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter.path).eval()
+    plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=engine.model.dtype).to(engine.model.device)
+    peft_model = PeftModel.from_pretrained(plain, adapter.path).eval()
     chats = conversations(args.chats)
     eos_ids = engine._eos_ids()
 

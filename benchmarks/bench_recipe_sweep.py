@@ -14,7 +14,9 @@ validation splits, labelled from the CARES score of their label (1 → desirable
 undesirable, 0.5 left out) as retrain/datasets/labels.py labels the record. 'human' rows take
 the people's labels (an operator who reviewed everything); 'judge' rows the finetuned judge's
 (abstentions left out), as a cycle gets them. 'dpo' pairs a prompt's greedy and sampled answers
-whose human scores differ by at least 0.5.
+whose human scores differ by at least 0.5. KTO recipes carry the loop's class weights
+(retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
+the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
 
 Held out (no recipe trains on them): every prompt of the real answers' test split and of the
 safety set's validation and test splits. Each candidate answers them greedily, as the cycle's
@@ -43,20 +45,21 @@ SYSTEM_PROMPT = (  # deploy.settings.DEFAULT_SYSTEM_PROMPT (benchmarks do not im
 )
 EVAL_TOKENS = 96
 BASE = "base"
-# name → (training rows, TrainConfig fields); the first is TrainConfig's defaults on people's labels
+# name → (training rows, TrainConfig fields). Every KTO recipe gets the loop's class weights
+# (retrain.datasets.kto_weights) unless it names its own; the first is TrainConfig's defaults.
 RECIPES: dict[str, tuple[str, dict]] = {
     "kto-default": ("human", {}),
-    "kto-lr5e-4": ("human", {"learning_rate": 5e-4}),
-    "kto-judge": ("judge", {}),
-    "dpo-default": ("dpo", {}),
+    "kto-default-seed7": ("human", {"seed": 7}),
+    "kto-beta0.5": ("human", {"beta": 0.5}),
+    "kto-lr1e-4": ("human", {"learning_rate": 1e-4}),
+    "kto-lr5e-5": ("human", {"learning_rate": 5e-5}),
+    "kto-1epoch": ("human", {"num_train_epochs": 1.0}),
     "kto-6epochs": ("human", {"num_train_epochs": 6.0}),
     "kto-r64": ("human", {"lora_r": 64, "lora_alpha": 128}),
-    "kto-default-seed7": ("human", {"seed": 7}),
-    "kto-lr5e-5": ("human", {"learning_rate": 5e-5}),
-    "kto-beta0.5": ("human", {"beta": 0.5}),
-    "kto-lr1e-3": ("human", {"learning_rate": 1e-3}),
-    "kto-judge-lr5e-4": ("judge", {"learning_rate": 5e-4}),
-    "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
+    "kto-half-desirable": ("human-half-desirable", {}),
+    "kto-half-undesirable": ("human-half-undesirable", {}),
+    "kto-judge": ("judge", {}),
+    "dpo-default": ("dpo", {}),
 }
 ANSWER_ALL_REAL = ("kto-default", "kto-judge")  # these also answer every real-answers prompt (judge data)
 
@@ -97,12 +100,14 @@ def training_rows(kind: str, judge_labels: dict[str, dict] | None) -> list[dict]
     if kind == "judge":
         rows = [dict(r, label=judge_labels[r["id"]]["label"]) for r in rows
                 if r["id"] in judge_labels and not judge_labels[r["id"]]["abstained"]]
+    half = {"human-half-desirable": True, "human-half-undesirable": False}.get(kind)  # a score of 0.5
     kto = []
     for row in rows:
         score = safety_score(row["harmful_level"], row["label"])
-        if score in (0.0, 1.0):
+        if score in (0.0, 1.0) or half is not None:
             kto.append({"prompt": conversation(row["prompt"]),
-                        "completion": [{"role": "assistant", "content": row["answer"]}], "label": score == 1.0})
+                        "completion": [{"role": "assistant", "content": row["answer"]}],
+                        "label": half if score == 0.5 else score == 1.0})
     return kto
 
 
@@ -175,16 +180,27 @@ def run(args: argparse.Namespace) -> None:
         dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
         config = TrainConfig(method="dpo" if kind == "dpo" else "kto", base_model=str(args.model),
                              dataset=str(dataset), output_dir=str(args.out / "adapters" / name),
-                             dtype=args.train_dtype, **fields)
+                             dtype=args.train_dtype, **{**_loop_weights(kind, rows), **fields})
         began = time.monotonic()
         manifest = train(config)
         record = {"recipe": name, "rows": kind, "fields": fields, "dataset": manifest["dataset"],
+                  "weights": [config.desirable_weight, config.undesirable_weight],
                   "final_loss": manifest["final_loss"], "mean_loss": manifest["mean_loss"], "steps": manifest["steps"],
                   "train_seconds": manifest["train_seconds"], "seconds": round(time.monotonic() - began, 1)}
         with (args.out / "trainings.jsonl").open("a") as log:
             log.write(json.dumps(record, default=str) + "\n")
         print(json.dumps(record, default=str), flush=True)
         _answer(args, name, config.output_dir, started)
+
+
+def _loop_weights(kind: str, rows: list[dict]) -> dict[str, float]:
+    from retrain.datasets import kto_weights
+
+    if kind == "dpo":
+        return {}
+    desirable = sum(row["label"] for row in rows)
+    weights = kto_weights(desirable, len(rows) - desirable)
+    return {"desirable_weight": weights[0], "undesirable_weight": weights[1]}
 
 
 def _answer(args: argparse.Namespace, name: str, adapter: str | None, started: float) -> None:
