@@ -117,21 +117,29 @@ class ChatRecord:
     def __init__(self, store: Store):
         self.store = store
 
-    async def start_turn(self, user_id: str, conversation_id: str | None, user_content: str) -> Turn:
-        """Store the user's message (creating the conversation if needed) before any generation."""
+    @staticmethod
+    def new_turn(conversation_id: str | None) -> Turn:
+        """The ids of a new user message and its answer, in ``conversation_id`` or a new
+        conversation: known before anything is stored, so that generation may start meanwhile."""
+        return Turn(conversation_id or new_id("conv"), new_id("msg"), new_id("msg"))
+
+    async def store_turn(self, user_id: str, turn: Turn, user_content: str) -> Turn:
+        """Store the user's message of ``turn`` (creating its conversation if needed)."""
 
         def task(conn: duckdb.DuckDBPyConnection) -> Turn:
-            cid = conversation_id or new_id("conv")
-            if not _owned_conversation(conn, cid, user_id):
-                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?)", [cid, user_id])
-            message_id = new_id("msg")
+            if not _owned_conversation(conn, turn.conversation_id, user_id):
+                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?)", [turn.conversation_id, user_id])
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, role, content) VALUES (?, ?, 'user', ?)",
-                [message_id, cid, user_content],
+                [turn.parent_id, turn.conversation_id, user_content],
             )
-            return Turn(cid, message_id, new_id("msg"))
+            return turn
 
         return await self.store.awrite(task)
+
+    async def start_turn(self, user_id: str, conversation_id: str | None, user_content: str) -> Turn:
+        """Store the user's message of a new turn (creating the conversation if needed)."""
+        return await self.store_turn(user_id, self.new_turn(conversation_id), user_content)
 
     async def regeneration_turn(self, user_id: str, answer_id: str) -> Turn:
         """A new answer to the same user message as ``answer_id``: it will be a sibling."""

@@ -2,8 +2,9 @@
 
 Every answer that reaches a user is stored with its id, model, adapter version, latency, token
 counts and the exact messages the engine received (``PreparedChat.messages``: system prompt,
-safety reminder, history); the user's message is stored before generation starts, so an engine
-failure never loses it.
+safety reminder, history). Generation starts while the user's message is being written, but
+nothing of the answer is shown or stored before that write commits: an engine failure never
+loses the user's message, and a failed write stops the answer (no answer without its message).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from feedback.chat_record import Answer, ChatRecord, Turn
@@ -52,6 +53,13 @@ class PreparedChat:
     started: float
     safety_reminder: bool = False
     generation: Generation | None = None
+    # the user's message being written (None: nothing to write, a regeneration)
+    turn_write: asyncio.Task[Turn] | None = None
+
+    async def turn_stored(self) -> None:
+        """Return once the user's message is stored; raise what storing it raised."""
+        if self.turn_write is not None:
+            await self.turn_write
 
 
 # called with (chat, answer text) after a complete answer is stored — e.g. live judging
@@ -64,7 +72,7 @@ class ChatService:
         self.record = record
         self.policy = policy
         self.listeners: list[AnswerListener] = []
-        self._background: set[asyncio.Task] = set()  # stores still running after their client left
+        self._background: set[asyncio.Task] = set()  # stores and stops still running after their client left
 
     # -- request checks --------------------------------------------------------------
     def _check(self, request: ChatCompletionRequest) -> None:
@@ -108,16 +116,18 @@ class ChatService:
         return messages, remind
 
     async def prepare(self, request: ChatCompletionRequest, user_id: str) -> PreparedChat:
-        """Validate, then store the user's turn (or locate the answer being regenerated)."""
+        """Validate, then queue the write of the user's turn (or locate the answer being regenerated)."""
         self._check(request)
         metadata = request.metadata
+        turn_write = None
         if metadata is not None and metadata.regenerate:
             turn = await self.record.regeneration_turn(user_id, metadata.regenerate)
         else:
-            conversation_id = metadata.conversation_id if metadata else None
-            turn = await self.record.start_turn(user_id, conversation_id, request.messages[-1].text)
+            turn = self.record.new_turn(metadata.conversation_id if metadata else None)
+            turn_write = asyncio.ensure_future(self.record.store_turn(user_id, turn, request.messages[-1].text))
         messages, remind = self._prompt(request)
-        return PreparedChat(turn, messages, self._params(request), time.perf_counter(), safety_reminder=remind)
+        return PreparedChat(turn, messages, self._params(request), time.perf_counter(), safety_reminder=remind,
+                            turn_write=turn_write)
 
     # -- answering -------------------------------------------------------------------
     def _start(self, chat: PreparedChat) -> Generation:
@@ -149,21 +159,33 @@ class ChatService:
             for listener in self.listeners:
                 listener(chat, text)
 
+    async def _generated(self, chat: PreparedChat) -> AsyncGenerator[str, None]:
+        chat.generation = self._start(chat)
+        async for delta in chat.generation:
+            yield delta
+
     async def deltas(self, chat: PreparedChat) -> AsyncIterator[str]:
-        """The answer's text as it is generated; it is stored when it ends, however it ends."""
+        """The answer's text as it is generated. The engine starts at once; the first delta comes
+        out once the user's message is stored, and if storing it fails the answer is stopped and
+        that error raised. From then on the answer is stored when it ends, however it ends."""
+        answer = self._generated(chat)
+        first = asyncio.ensure_future(anext(answer, None))  # generating while the user's message is written
+        try:
+            await chat.turn_stored()
+        except BaseException:  # no answer without its user message (or the client left meanwhile)
+            self._stop(chat, answer, first)
+            raise
         parts: list[str] = []
         try:
-            chat.generation = self._start(chat)
-            async for delta in chat.generation:
+            delta = await first
+            while delta is not None:
                 parts.append(delta)
                 yield delta
+                delta = await anext(answer, None)
         except (GeneratorExit, asyncio.CancelledError):
             # the client went away: stop generating, keep what was said
-            if chat.generation is not None:
-                chat.generation.cancelled.set()
-            task = asyncio.ensure_future(self._store(chat, "".join(parts), "client disconnected"))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._stop(chat, answer, first)
+            self._in_background(self._store(chat, "".join(parts), "client disconnected"))
             raise
         except CarecycleError as exc:
             await self._store(chat, "".join(parts), str(exc))
@@ -172,6 +194,23 @@ class ChatService:
             await self._store(chat, "".join(parts), f"{type(exc).__name__}: {exc}")
             raise EngineUnavailableError(f"the engine failed while answering: {exc}") from exc
         await self._store(chat, "".join(parts), None)
+
+    def _stop(self, chat: PreparedChat, answer: AsyncGenerator[str, None], first: asyncio.Future) -> None:
+        """Stop the engine (at its next token) and close the answer's generator once its first step is over."""
+        if chat.generation is not None:
+            chat.generation.cancelled.set()
+        first.cancel()
+
+        async def close() -> None:
+            await asyncio.gather(first, return_exceptions=True)
+            await answer.aclose()
+
+        self._in_background(close())
+
+    def _in_background(self, work: Coroutine) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def complete(self, chat: PreparedChat) -> ChatCompletionResponse:
         text = "".join([delta async for delta in self.deltas(chat)])
