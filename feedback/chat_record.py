@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from feedback.errors import NotFoundError
-from feedback.store import BatchWrite, Store
+from feedback.store import BatchWrite, Store, read_committed
 
 
 def new_id(prefix: str) -> str:
@@ -65,10 +65,16 @@ class Vote:
     comment: str | None
 
 
+@read_committed
 def _record_votes(conn: duckdb.DuckDBPyConnection, votes: list[Vote]) -> list[dict[str, Any] | NotFoundError]:
     """Insert votes in order, two statements for the lot: which answers are the voter's own (with
     how many votes they already have there), then the accepted rows in one INSERT. A vote on an
-    answer outside the voter's conversations is refused (else unknown, as in reads)."""
+    answer outside the voter's conversations is refused (else unknown, as in reads).
+
+    READ COMMITTED keeps this right: who owns an answer never changes, the foreign key refuses a
+    vote on an answer erased meanwhile, and rows are only appended, so ``current_feedback`` (the
+    row with the highest ``seq``) is one vote per user and answer whatever the order. Only
+    ``replaced`` may say False for both of two votes on one answer that commit at the same time."""
     pairs = list(dict.fromkeys((vote.message_id, vote.user_id) for vote in votes))
     owned = {
         (message_id, user_id): prior
@@ -144,6 +150,7 @@ class ChatRecord:
     async def regeneration_turn(self, user_id: str, answer_id: str) -> Turn:
         """A new answer to the same user message as ``answer_id``: it will be a sibling."""
 
+        @read_committed  # reads only what never changes
         def task(conn: duckdb.DuckDBPyConnection) -> Turn:
             row = conn.execute(
                 "SELECT m.conversation_id, m.parent_id FROM messages m"
@@ -161,6 +168,7 @@ class ChatRecord:
         """Store the answer with the prompt it was given (hashed here, off the writer thread)."""
         prompt_id, prompt_json = served_prompt(answer.prompt)
 
+        @read_committed  # appends rows; the prompt's key decides a race (ON CONFLICT)
         def task(conn: duckdb.DuckDBPyConnection) -> str:
             store_prompt(conn, prompt_id, prompt_json)
             conn.execute(

@@ -9,7 +9,7 @@ from typing import Any
 
 from feedback.audit import audit
 from feedback.errors import ConflictError, NotFoundError
-from feedback.store import Store
+from feedback.store import Store, read_committed
 
 
 class CycleRequests:
@@ -51,11 +51,12 @@ class CycleRequests:
 
 def count_request(store: Store, action: str, user_key: str) -> int:
     """Count one ``action`` by ``user_key`` in the current minute of the database's clock (one
-    clock for every replica); returns the minute's count so far, this request included."""
-    return store.write(lambda conn: conn.execute(
+    clock for every replica); returns the minute's count so far, this request included. An upsert:
+    at READ COMMITTED it waits for a concurrent one on the same row and adds to its count."""
+    return store.write(read_committed(lambda conn: conn.execute(
         "INSERT INTO rate_limits AS r (action, user_key, window_start, count)"
         " VALUES (?, ?, date_trunc('minute', now()), 1)"
         " ON CONFLICT (action, user_key) DO UPDATE SET"
         " count = CASE WHEN r.window_start = excluded.window_start THEN r.count + 1 ELSE 1 END,"
         " window_start = excluded.window_start RETURNING count",
-        [action, user_key]).fetchone()[0])
+        [action, user_key]).fetchone()[0]))

@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from feedback.chat_record import new_id
-from feedback.store import Store
+from feedback.store import Store, read_committed
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class JudgmentRecord:
     async def add(self, row: JudgmentRow) -> str:
         judgment_id = new_id("jdg")
 
+        @read_committed  # appends a row and forgets this judge's failures on the answer
         def task(conn: duckdb.DuckDBPyConnection) -> str:
             conn.execute(
                 "INSERT INTO judgments (id, message_id, judge, judge_version, label, harm_level, confidence,"
@@ -46,6 +47,7 @@ class JudgmentRecord:
         return await self.store.awrite(task)
 
     async def add_failure(self, message_id: str, judge: str, error: str) -> None:
+        @read_committed  # an upsert: the row's key decides a race
         def task(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute(
                 "INSERT INTO judge_attempts (message_id, judge, attempts, last_error) VALUES (?, ?, 1, ?)"

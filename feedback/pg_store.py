@@ -3,8 +3,11 @@ processes sharing one record.
 
 Where the DuckDB store has one writer thread, here each write task runs in its own
 SERIALIZABLE transaction on a pooled connection: the database serialises writers from every
-process, and a task that loses a serialisation race runs again (tasks do database work only, as
-on DuckDB). A caller learns its result only after COMMIT: acknowledged still means committed.
+process, and a task that loses a serialisation race runs again after a jittered, growing pause
+(tasks do database work only, as on DuckDB). Tasks marked ``read_committed`` (votes, answers,
+judgments, counters: rows appended or upserted, decided by keys) run at READ COMMITTED and so
+never lose such a race. A caller learns its result only after COMMIT: acknowledged still means
+committed.
 
 Tasks and reads use the record's SQL as written for DuckDB: ``?`` and ``$1`` placeholders are
 turned into psycopg's here, parameters are bound on the client (so ``? IS NULL`` needs no type, as on
@@ -18,8 +21,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +41,7 @@ T = TypeVar("T")
 # any constant shared by every carecycle process: only one of them migrates at a time
 _MIGRATION_LOCK = 0x6361726563796C65  # "carecycle"
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+_FIRST_PAUSE_S = 0.005  # before the second attempt at most; doubled before each next one
 _QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
 _NUMBERED = re.compile(r"\$(\d+)")
 
@@ -197,16 +203,24 @@ class PgStore:
         return await asyncio.shield(asyncio.wrap_future(self.submit(task)))
 
     def write(self, task: Callable[[PgConnection], T]) -> T:
-        """Run ``task`` in one SERIALIZABLE transaction and return its result after COMMIT;
-        a serialisation failure or deadlock runs it again, up to ``max_attempts`` times."""
+        """Run ``task`` in one transaction (SERIALIZABLE, or READ COMMITTED if it is marked
+        ``read_committed``) and return its result after COMMIT; a serialisation failure or
+        deadlock runs it again after a random pause of up to 5, 10, 20… ms, up to ``max_attempts``
+        times in all."""
+        isolation = (psycopg.IsolationLevel.READ_COMMITTED if getattr(task, "read_committed", False)
+                     else psycopg.IsolationLevel.SERIALIZABLE)
         for attempt in range(1, self.max_attempts + 1):
             try:
-                with self._connection() as conn, conn.transaction():
-                    return task(PgConnection(conn))
+                with self._connection() as conn:
+                    conn.isolation_level = isolation  # taken by the BEGIN below
+                    with conn.transaction():
+                        return task(PgConnection(conn))
             except _RETRIED:
                 if attempt == self.max_attempts:
                     raise StoreBusyError(f"the record at {self.where} is busy: this write conflicted "
                                          f"{attempt} times with others; try again shortly", retry_after_s=1.0) from None
+                # apart at random, so that the writers that just collided do not collide again
+                time.sleep(random.uniform(0, _FIRST_PAUSE_S * 2 ** (attempt - 1)))
             except psycopg.OperationalError as exc:
                 raise StoreError(f"the record at {self.where} could not save this write, so none of it was kept ({exc}); "
                                  "check that the database server is up and reachable, then retry") from exc

@@ -57,11 +57,29 @@ class BatchWrite(Generic[R, T]):
     run_many: Callable[[Any, list[R]], list[T | BaseException]]
     row: R
 
+    @property
+    def read_committed(self) -> bool:
+        """Whether ``run_many`` is marked ``read_committed``: its rows run at that level too."""
+        return getattr(self.run_many, "read_committed", False)
+
     def __call__(self, conn: Any) -> T:
         outcome = self.run_many(conn, [self.row])[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+W = TypeVar("W", bound=Callable[..., Any])
+
+
+def read_committed(task: W) -> W:
+    """Mark a write task whose outcome holds at READ COMMITTED: what it reads cannot change under
+    it, or keys, foreign keys and ON CONFLICT decide the race (rows appended, counters upserted).
+    PostgreSQL runs it at that level instead of SERIALIZABLE, so writers that cannot contradict
+    each other never fail to serialise; the DuckDB file has one writer and ignores the mark."""
+    task.read_committed = True  # type: ignore[attr-defined]
+    return task
+
 
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 

@@ -131,6 +131,38 @@ def test_two_stores_writing_at_once_are_serialised(postgres_url):
     assert ids == [f"c{n:04d}" for n in range(60)]
 
 
+def test_votes_from_many_threads_through_two_stores_are_all_stored_and_none_refused(postgres_url):
+    """Votes only append rows, so they run at READ COMMITTED and cannot lose a serialisation race:
+    with one attempt each (max_attempts=1), any such failure would refuse a vote here."""
+    voters, votes_each = 16, 8
+    with PgStore(postgres_url, max_attempts=1) as first, PgStore(postgres_url, max_attempts=1) as second:
+        def answers(conn):
+            for i in range(voters):
+                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?)", [f"c{i}", f"u{i}"])
+                conn.execute("INSERT INTO messages (id, conversation_id, role, content) VALUES (?, ?, 'user', 'q')", [f"q{i}", f"c{i}"])
+                conn.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content)"
+                             " VALUES (?, ?, ?, 'assistant', 'a')", [f"a{i}", f"c{i}", f"q{i}"])
+
+        first.write(answers)
+        replaced: dict[int, list[bool]] = {}
+
+        async def vote_often(i: int) -> None:
+            chats = ChatRecord((first, second)[i % 2])
+            replaced[i] = [(await chats.vote(f"u{i}", f"a{i}", ("up", "down")[n % 2], None, f"vote {n}"))["replaced"]
+                           for n in range(votes_each)]
+
+        threads = [threading.Thread(target=asyncio.run, args=(vote_often(i),)) for i in range(voters)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert replaced == {i: [False] + [True] * (votes_each - 1) for i in range(voters)}  # no thread died refused
+        assert second.read_one("SELECT count(*) FROM feedback")[0] == voters * votes_each
+        current = first.read("SELECT message_id, user_id, comment FROM current_feedback ORDER BY user_id")
+    assert sorted((r["user_id"], r["message_id"], r["comment"]) for r in current) == sorted(
+        (f"u{i}", f"a{i}", f"vote {votes_each - 1}") for i in range(voters))
+
+
 def test_connections_the_server_dropped_are_replaced(postgres_url):
     with PgStore(postgres_url, pool_size=2) as store:
         store.write(lambda conn: audit(conn, "cli", "before", None))

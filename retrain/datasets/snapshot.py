@@ -20,14 +20,17 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import psycopg
 
 from feedback.errors import CarecycleError
-from feedback.pg_store import PgStore
 from feedback.store import Store
+
+if TYPE_CHECKING:  # psycopg is imported only where the record is on PostgreSQL
+    import psycopg
+
+    from feedback.pg_store import PgStore
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -104,7 +107,7 @@ def write_snapshot(store: Store | PgStore, out_dir: Path) -> SnapshotInfo:
     staging = out_dir / f".{snapshot_id}.partial"
     staging.mkdir(parents=True)
     try:
-        copy = _copy_from_postgresql if isinstance(store, PgStore) else _copy_from_duckdb
+        copy = _copy_from_postgresql if store.dialect == "postgresql" else _copy_from_duckdb
         version, counts = copy(store, staging)
         write_manifest(SnapshotInfo(snapshot_id, staging, now.isoformat(), counts, version))
     except BaseException:
@@ -132,6 +135,8 @@ def _copy_from_postgresql(store: PgStore, staging: Path) -> tuple[int, dict[str,
     """Every source of TABLES streamed out of PostgreSQL with COPY … TO STDOUT (CSV, in chunks,
     no row-by-row Python), all in one REPEATABLE READ transaction so the files agree; then the
     same TABLES queries turn them into Parquet in DuckDB, as from the DuckDB record."""
+    import psycopg
+
     dumps = staging / ".csv"
     dumps.mkdir()
     with store.connect() as conn:
