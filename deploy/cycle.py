@@ -34,7 +34,8 @@ from retrain.sampling import best_of_n_sampler
 from retrain.training import TrainConfig, run_training
 from serve.engine import Engine
 from serve.judges.base import Judge
-from serve.judges.finetuned import active_summary
+from serve.judges.agreement import operator_verdicts
+from serve.judges.finetuned import active_classifier, active_summary, operator_verdicts_seen, train_judge
 
 from deploy.promotion import promote, verified
 
@@ -59,6 +60,8 @@ class CycleConfig:
     sample_max_tokens: int = 128
     sample_budget_s: float | None = 900.0  # no new sample starts after this; in-flight ones finish
     half_score: str = "none"  # the label of a judge's score 0.5 (see retrain.datasets.labels)
+    judge_new_verdicts: int | None = 8  # operator verdicts the active finetuned judge has not seen that
+    # start a new judge version at the cycle's start (None: the cycle never trains the judge)
     system_prompt: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # passed to every TrainConfig
     train_timeout_s: float | None = 6 * 3600  # a hung training run must not block every later cycle
@@ -78,8 +81,10 @@ class CycleFailed(CarecycleError):
 
 class Cycle:
     def __init__(self, store: Store, engine: Engine, judge_factory: Callable[[], Judge], base_model: str,
-                 data_dir: Path, config: CycleConfig):
+                 data_dir: Path, config: CycleConfig,
+                 judge_trainer: Callable[[Path, list[dict]], dict] = train_judge):
         self.store = store
+        self._judge_trainer = judge_trainer
         self.registry = RegistryRecord(store)
         self.engine = engine
         self._judge_factory = judge_factory
@@ -130,6 +135,8 @@ class Cycle:
             step = "signal"
             if (signal := await self._check_signal(cycle_id)) is not None:
                 return self.registry.finish_cycle(cycle_id, "kept", signal)
+            step = self._enter(cycle_id, "judge")
+            await self.retrain_judge(cycle_id)
             step = self._enter(cycle_id, "snapshot")
             snapshot = await asyncio.to_thread(write_snapshot, self.store, folder / "snapshot")
             self.registry.record_step(cycle_id, step, {"snapshot_id": snapshot.snapshot_id, "rows": snapshot.row_counts})
@@ -168,6 +175,25 @@ class Cycle:
         if signal < self.config.min_signal:
             return {"decision": "kept", "reason": f"not enough new signal ({signal} < {self.config.min_signal})"}
         return None
+
+    async def retrain_judge(self, cycle_id: str) -> None:
+        """A new finetuned judge version when operators gave enough verdicts the active one has not
+        seen; it becomes active (and judges the rest of this cycle) only if it agrees with the
+        held-out verdicts better. The step's record says which, with both agreements."""
+        needed, root = self.config.judge_new_verdicts, self.data_dir / "judges"
+        if needed is None:
+            return self.registry.record_step(cycle_id, "judge", {"retrained": False, "reason": "turned off"})
+        verdicts = await asyncio.to_thread(operator_verdicts, self.store)
+        new = len(verdicts) - operator_verdicts_seen(active_classifier(root))
+        if new < needed:
+            return self.registry.record_step(cycle_id, "judge", {
+                "retrained": False, "reason": f"{new} new operator verdicts (< {needed})"})
+        manifest = await asyncio.to_thread(self._judge_trainer, root, verdicts)
+        if manifest["activated"]:
+            self._judge = None  # built again from the new active version
+        self.registry.record_step(cycle_id, "judge", {
+            "retrained": True, "new_verdicts": new, "version": manifest["version"],
+            "activated": manifest["activated"], "comparison": manifest["comparison"]})
 
     async def _datasets(self, cycle_id: str, snapshot_dir: Path, folder: Path):
         config, sampler, no_sampling = self.config, None, None

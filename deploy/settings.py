@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     cycle_half_score: Literal["none", "desirable", "undesirable"] = Field(
         "none", description="KTO label of a judge's CARES score 0.5 (a Caution at harm 2); none: no label."
     )
+    cycle_judge_new_verdicts: int | None = Field(
+        8, ge=1, description="Operator verdicts the active finetuned judge has not seen that make a cycle train a "
+        "new judge version first (kept only if it agrees with held-out verdicts better); none: never.",
+    )
     cycle_train: dict[str, Any] = Field(
         default_factory=dict,
         description="Training settings passed to every candidate's TrainConfig, as JSON "
@@ -154,6 +158,11 @@ class Settings(BaseSettings):
     safety_reminder: bool = Field(
         False, description="Add a safety reminder to the system prompt when a prompt looks like a jailbreak."
     )
+
+    @field_validator("cycle_judge_new_verdicts", mode="before")
+    @classmethod
+    def _none_turns_judge_training_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "") else value
 
     @field_validator("cycle_timezone")
     @classmethod

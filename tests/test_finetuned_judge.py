@@ -255,3 +255,32 @@ def test_a_version_that_is_not_better_is_kept_inactive(trained, tmp_path, tiny_f
     assert latest_classifier(out_root).name == "v2" and active_classifier(out_root).name == "v1"
     assert resolve_classifier(None, out_root) == str(out_root / CLASSIFIER_FOLDER / "v1")
     assert (out_root / CLASSIFIER_FOLDER / "ACTIVE").read_text().strip() == "v1"
+
+
+def test_a_cycle_trains_a_judge_version_once_operators_gave_enough_new_verdicts(tmp_path, tiny_file):
+    from deploy.cycle import Cycle, CycleConfig
+
+    def reviewed(count: int, start: int) -> None:
+        for n in range(count):
+            message_id = _message_id(n % 2 == 0, start + 1000 * n)
+            _reviewed(store, message_id, f"Can I take {n} extra pills?", "Sure, take them all.", "Accept", 3)
+
+    with Store(tmp_path / "record.duckdb") as store:
+        cycle = Cycle(store, engine=None, judge_factory=lambda: None, base_model="unused", data_dir=tmp_path,
+                      config=CycleConfig(judge_new_verdicts=3),
+                      judge_trainer=lambda root, verdicts: train_judge(root, verdicts, TINY, files=[tiny_file]))
+        reviewed(2, 0)
+        cycle.registry.start_cycle("c1", "manual")
+        asyncio.run(cycle.retrain_judge("c1"))
+        assert cycle.registry.cycle("c1")["detail"]["judge"] == {
+            "retrained": False, "reason": "2 new operator verdicts (< 3)"}
+        reviewed(2, 10_000)
+        cycle.registry.start_cycle("c2", "manual")
+        asyncio.run(cycle.retrain_judge("c2"))
+        step = cycle.registry.cycle("c2")["detail"]["judge"]
+        assert (step["retrained"], step["new_verdicts"], step["version"], step["activated"]) == (True, 4, "v1", True)
+        assert step["comparison"]["on"] == "held-out operator verdicts"
+        assert active_classifier(tmp_path / "judges").name == "v1"
+        cycle.registry.start_cycle("c3", "manual")  # v1 has seen all four: nothing new to learn from
+        asyncio.run(cycle.retrain_judge("c3"))
+        assert cycle.registry.cycle("c3")["detail"]["judge"]["reason"] == "0 new operator verdicts (< 3)"

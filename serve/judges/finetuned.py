@@ -196,6 +196,12 @@ def _manifest(folder: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
+def operator_verdicts_seen(folder: Path | None) -> int:
+    """Operator verdicts a version trained or was measured on (0 for none or an unreadable one)."""
+    data = (_manifest(folder) or {}).get("data", {}) if folder else {}
+    return data.get("operator_rows", 0) + data.get("operator_held_out", 0)
+
+
 def latest_classifier(out_root: Path) -> Path | None:
     """The newest complete classifier of this format under ``out_root`` (older formats, e.g.
     the logistic heads of earlier releases, are skipped), or None."""
