@@ -33,6 +33,7 @@ ROUTES = {
     ("GET", "/api/admin/cycles"): (ADMIN, 200),
     ("POST", "/api/admin/cycles"): (ADMIN, 202),
     ("GET", "/api/admin/cycles/{cycle_id}"): (ADMIN, 404),
+    ("GET", "/api/admin/cycle-requests/{request_id}"): (ADMIN, 404),
     ("POST", "/api/admin/cycles/{cycle_id}/decision"): (ADMIN, 422),
     ("GET", "/api/admin/adapters"): (ADMIN, 200),
     ("POST", "/api/admin/adapters/{version}/promote"): (ADMIN, 404),
@@ -57,7 +58,7 @@ def test_role_matrix(client, server, keys, caller):
         if (method, path) == ("POST", "/api/admin/cycles"):
             continue  # starting a real cycle is tested in test_cycle.py; its role is checked below
         url = path.format(conversation_id="conv-x", message_id="msg-x", user_id="nobody", cycle_id="cyc-x",
-                          version="v-x")
+                          version="v-x", request_id="req-x")
         response = client.request(method, url, headers=headers, json={})
         allowed = RANK[caller] >= RANK[needed]
         if allowed:
