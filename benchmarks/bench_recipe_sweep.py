@@ -46,13 +46,16 @@ SYSTEM_PROMPT = (  # deploy.settings.DEFAULT_SYSTEM_PROMPT (benchmarks do not im
 EVAL_TOKENS = 96
 BASE = "base"
 # name → (training rows, TrainConfig fields). Every KTO recipe gets the loop's class weights
-# (retrain.datasets.kto_weights) unless it names its own; the first is TrainConfig's defaults.
+# (retrain.datasets.kto_weights; --no-class-weights: none) unless it names its own; the first
+# is TrainConfig's defaults.
 RECIPES: dict[str, tuple[str, dict]] = {
     "kto-default": ("human", {}),
     "kto-default-seed7": ("human", {"seed": 7}),
     "kto-beta0.5": ("human", {"beta": 0.5}),
     "kto-lr1e-4": ("human", {"learning_rate": 1e-4}),
     "kto-lr5e-5": ("human", {"learning_rate": 5e-5}),
+    "kto-lr5e-4": ("human", {"learning_rate": 5e-4}),
+    "kto-lr1e-3": ("human", {"learning_rate": 1e-3}),
     "kto-1epoch": ("human", {"num_train_epochs": 1.0}),
     "kto-6epochs": ("human", {"num_train_epochs": 6.0}),
     "kto-r64": ("human", {"lora_r": 64, "lora_alpha": 128}),
@@ -60,6 +63,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "kto-half-undesirable": ("human-half-undesirable", {}),
     "kto-judge": ("judge", {}),
     "dpo-default": ("dpo", {}),
+    "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
 }
 ANSWER_ALL_REAL = ("kto-default", "kto-judge")  # these also answer every real-answers prompt (judge data)
 
@@ -166,9 +170,8 @@ def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     if not args.no_base:
         _answer(args, BASE, None, started)
-    for name, (kind, fields) in RECIPES.items():
-        if args.only and name not in args.only:
-            continue
+    for name in args.only or RECIPES:
+        kind, fields = RECIPES[name]
         if time.monotonic() - started > args.deadline_s:
             print(f"{name}: skipped, past --deadline-s", flush=True)
             continue
@@ -180,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
         dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
         config = TrainConfig(method="dpo" if kind == "dpo" else "kto", base_model=str(args.model),
                              dataset=str(dataset), output_dir=str(args.out / "adapters" / name),
-                             dtype=args.train_dtype, **{**_loop_weights(kind, rows), **fields})
+                             dtype=args.train_dtype, **{**(_loop_weights(kind, rows) if args.class_weights else {}), **fields})
         began = time.monotonic()
         manifest = train(config)
         record = {"recipe": name, "rows": kind, "fields": fields, "dataset": manifest["dataset"],
@@ -277,7 +280,10 @@ def main() -> None:
     runner.add_argument("--model", type=Path, required=True)
     runner.add_argument("--out", type=Path, required=True)
     runner.add_argument("--judge-labels", type=Path, default=None)
-    runner.add_argument("--only", nargs="*", default=None, help="recipe names (default: all)")
+    runner.add_argument("--only", nargs="*", default=None, choices=list(RECIPES),
+                        help="recipe names, run in this order (default: all)")
+    runner.add_argument("--no-class-weights", dest="class_weights", action="store_false",
+                        help="train KTO without the loop's class weights (the README's first run)")
     runner.add_argument("--no-base", action="store_true", help="skip the base model's answers (another run has them)")
     runner.add_argument("--batch-size", type=int, default=64)
     runner.add_argument("--train-dtype", default="float32", help="TrainConfig.dtype (float32: as on the CPU)")
