@@ -115,10 +115,13 @@ def cycle_config(settings: Settings) -> CycleConfig:
     )
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, worker: bool = False) -> Engine:
+    """The engine the settings name; ``worker``: for `carecycle worker`. Beside an external worker
+    vLLM is shared, and only the worker frees adapters in it (replicas may still serve any other)."""
     if settings.engine == "vllm":
         return create_engine("vllm", base_url=settings.vllm_url, model_id=settings.model_id,
-                             api_key=settings.vllm_api_key, timeout_s=settings.vllm_timeout_s)
+                             api_key=settings.vllm_api_key, timeout_s=settings.vllm_timeout_s,
+                             frees_adapters=worker or settings.worker == "embedded")
     return create_engine(
         settings.engine, model_path=settings.model_source, model_id=settings.model_id, torch_threads=settings.torch_threads,
         device=settings.device,

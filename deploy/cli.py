@@ -75,7 +75,7 @@ def worker() -> None:
     import asyncio
     import logging
 
-    from deploy.app import build_services
+    from deploy.app import build_engine, build_services
     from deploy.worker import run_worker
 
     settings = Settings()
@@ -84,7 +84,7 @@ def worker() -> None:
               "CARECYCLE_DATABASE_URL=postgresql://… for the worker and every replica")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        services = build_services(settings)
+        services = build_services(settings, build_engine(settings, worker=True))
     except CarecycleError as exc:
         _fail(str(exc))
     try:

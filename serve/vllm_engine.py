@@ -1,13 +1,17 @@
 """VLLMEngine: answers through a vLLM OpenAI-compatible server running as its own process.
 
 vLLM lives in its own virtual environment (see deploy/vllm/), so this module only talks HTTP
-and never imports torch. Adapters are loaded at run time under a new vLLM name every time
-(vLLM keys its caches by name and can serve a stale adapter under a reused one); an adapter
-counts as loaded only once vLLM has confirmed it; which ones stay loaded is decided by
+and never imports torch. Adapters are loaded at run time under their version as vLLM's name: a
+version always names the same weights (versions are never reused), so every carecycle process
+that shares one vLLM (app replicas, the worker) asks for the same name and the adapter is loaded
+once; a load that vLLM answers "already loaded" (another process loaded it) counts as done. An
+adapter counts as loaded only once vLLM has confirmed it; which ones stay loaded is decided by
 ``engine.adapters`` (serve.adapters), and an adapter being unloaded goes only once no answer
-streams from it any more. vLLM forgets run-time adapters
-when it restarts: the active one is re-loaded from its path, under a fresh name, when
-``health()`` finds it missing or when a request for it comes back "model does not exist".
+streams from it any more. An engine made with ``frees_adapters=False`` (an app replica beside a
+`carecycle worker`) then only forgets it: another replica may still serve it, and the worker
+frees the versions the registry retired. vLLM forgets run-time adapters when it restarts: the
+active one is re-loaded from its path when ``health()`` finds it missing or when a request for it
+comes back "model does not exist".
 
 Admin calls (adapters, health) use a blocking client, as the Engine contract is synchronous;
 answers stream through an async client, one per event loop.
@@ -20,9 +24,7 @@ import json
 import logging
 import re
 import threading
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -37,12 +39,7 @@ log = logging.getLogger(__name__)
 START_HINT = "start vLLM with `carecycle vllm start` or check CARECYCLE_VLLM_URL"
 _RANK = re.compile(r"rank (\d+) is greater than max_lora_rank (\d+)")
 _OUT_OF_MEMORY = re.compile(r"out of memory|OutOfMemory|\bOOM\b", re.IGNORECASE)
-
-
-@dataclass
-class _Adapter:
-    path: str
-    served_name: str  # the name vLLM knows it by now; changes when it is re-loaded
+_ALREADY_LOADED = re.compile(r"has already been loaded")  # vLLM's 400 for a name it holds
 
 
 def _message(body: str) -> str:
@@ -62,6 +59,7 @@ class VLLMEngine(Engine):
         api_key: str | None = None,
         timeout_s: float = 120.0,
         connect_timeout_s: float = 5.0,
+        frees_adapters: bool = True,
     ):
         self.base_url = base_url.rstrip("/")
         self.model_id = model_id  # the name vLLM serves the base model under (--served-model-name)
@@ -72,7 +70,9 @@ class VLLMEngine(Engine):
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._registry_lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
-        self._adapters: dict[str, _Adapter] = {}
+        self._adapters: dict[str, str] = {}  # version (vLLM's name for it) -> the folder it loads from
+        # False where other carecycle processes share this vLLM and one of them frees adapters
+        self.frees_adapters = frees_adapters
         self._active: str | None = None
         self._answers = AnswersInFlight()  # an adapter is unloaded only once no answer streams from it
 
@@ -152,13 +152,14 @@ class VLLMEngine(Engine):
         with self._registry_lock:
             return self._name_locks.setdefault(version, threading.Lock())
 
-    def _load_fresh(self, version: str, path: str) -> str:
-        """Load ``path`` into vLLM under a name never used before; return that name once vLLM confirms."""
-        name = f"{version}-{uuid.uuid4().hex[:12]}"
-        response = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+    def _load_into_vllm(self, version: str, path: str) -> None:
+        """Load ``path`` into vLLM as ``version``; returns once vLLM holds it (loaded now, or
+        already loaded by another process sharing this vLLM)."""
+        response = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": version, "lora_path": path})
+        if response.status_code == 400 and _ALREADY_LOADED.search(response.text):
+            return
         if response.status_code != 200:
             raise self._adapter_error(version, path, response)
-        return name
 
     def _unload_name(self, name: str) -> None:
         response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
@@ -169,7 +170,8 @@ class VLLMEngine(Engine):
         with self._lock(version):
             if version in self._adapters:
                 raise AdapterError(f"adapter version {version!r} was already loaded; versions are never reused")
-            self._adapters[version] = _Adapter(path, self._load_fresh(version, path))
+            self._load_into_vllm(version, path)
+            self._adapters[version] = path
 
     def activate_adapter(self, version: str | None) -> None:
         with self._registry_lock:
@@ -185,19 +187,19 @@ class VLLMEngine(Engine):
 
     def _drop(self, version: str) -> None:
         """Forget an adapter marked for unloading once no answer uses it (checked again here: an
-        answer may have started, or it may be active again) and free it in vLLM; a failure
-        there only costs memory."""
+        answer may have started, or it may be active again) and, if this engine frees adapters,
+        free it in vLLM; a failure there only costs memory."""
         with self._lock(version), self._registry_lock:
             if not self._answers.may_unload(version):
                 return
             self._answers.unloaded(version)
-            adapter = self._adapters.pop(version, None)
-        if adapter is None:
+            path = self._adapters.pop(version, None)
+        if path is None or not self.frees_adapters:
             return
         try:
-            self._unload_name(adapter.served_name)
+            self._unload_name(version)
         except CarecycleError as exc:
-            log.warning("adapter %s stays loaded in vLLM as %s: %s", version, adapter.served_name, exc)
+            log.warning("adapter %s stays loaded in vLLM: %s", version, exc)
 
     def _claim(self, version: str | None) -> None:
         with self._registry_lock:
@@ -210,16 +212,14 @@ class VLLMEngine(Engine):
         if idle:
             asyncio.get_running_loop().run_in_executor(None, self._drop, version)
 
-    def _restore(self, version: str, stale_name: str) -> str:
-        """Re-load an adapter vLLM lost (it restarted) under a fresh name; once, whoever asks first."""
+    def _restore(self, version: str) -> None:
+        """Re-load an adapter vLLM lost (it restarted); whoever asks after the first finds it loaded."""
         with self._lock(version):
-            adapter = self._adapters.get(version)
-            if adapter is None:
+            path = self._adapters.get(version)
+            if path is None:
                 raise AdapterError(f"adapter version {version!r} was unloaded while a request for it waited")
-            if adapter.served_name == stale_name:
-                adapter.served_name = self._load_fresh(version, adapter.path)
-                log.info("vLLM had lost adapter %s: re-loaded it as %s", version, adapter.served_name)
-            return adapter.served_name
+            self._load_into_vllm(version, path)
+            log.info("vLLM had lost adapter %s: re-loaded it", version)
 
     def loaded_adapters(self) -> list[str]:
         return list(self._adapters)
@@ -235,8 +235,8 @@ class VLLMEngine(Engine):
         if self.model_id not in served:
             raise self._not_served(models)
         active = self._active
-        if active is not None and (adapter := self._adapters.get(active)) and adapter.served_name not in served:
-            self._restore(active, adapter.served_name)
+        if active is not None and active in self._adapters and active not in served:
+            self._restore(active)
         return {
             "engine": "vllm", "url": self.base_url, "model": self.model_id,
             "adapter": active, "adapters": self.loaded_adapters(),
@@ -247,9 +247,8 @@ class VLLMEngine(Engine):
         version = self._active if adapter == ACTIVE else adapter
         if version is not None and version not in self._adapters:
             raise AdapterError(f"adapter version {version!r} is not loaded")
-        adapter = self._adapters.get(version) if version is not None else None
         generation = Generation(deltas=None, adapter_version=version)  # type: ignore[arg-type]
-        model = adapter.served_name if adapter else self.model_id
+        model = version if version is not None else self.model_id
         generation.deltas = self._stream(messages, params, generation, model)
         return generation
 
@@ -279,7 +278,7 @@ class VLLMEngine(Engine):
                 body = self._body(messages, params, model)
                 async with client.stream("POST", "/v1/chat/completions", json=body) as response:
                     if response.status_code == 404 and generation.adapter_version is not None and attempt == 1:
-                        model = await asyncio.to_thread(self._restore, generation.adapter_version, model)
+                        await asyncio.to_thread(self._restore, generation.adapter_version)
                         continue
                     if response.status_code != 200:
                         raise await self._stream_error(response)

@@ -204,4 +204,79 @@ def test_vllm_unloads_a_version_only_after_its_last_stream():
         return text, generation.adapter_version, engine.loaded_adapters()
 
     assert asyncio.run(run()) == ("one two", "v1", [])
-    assert len(unloaded) == 1 and unloaded[0].startswith("v1-")
+    assert unloaded == ["v1"]  # vLLM's name for a version is the version
+
+
+class SharedVLLM:
+    """vLLM's adapter API as several carecycle processes see it: vLLM cannot run in this tier
+    (tests/test_vllm_engine.py runs the real one), so its HTTP API is stood in for by httpx's
+    MockTransport, answering as vLLM does (400 "has already been loaded" for a name it holds, 404
+    for a model it does not serve)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}  # name -> path
+        self.loads: list[str] = []
+        self.asked: list[str] = []  # the model of each chat request
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"{}")
+        if request.url.path == "/v1/load_lora_adapter":
+            if body["lora_name"] in self.held:
+                return httpx.Response(400, json={"message": f"The lora adapter '{body['lora_name']}' has already been loaded."})
+            self.loads.append(body["lora_name"])
+            self.held[body["lora_name"]] = body["lora_path"]
+        elif request.url.path == "/v1/unload_lora_adapter":
+            self.held.pop(body["lora_name"])
+        elif request.url.path == "/v1/chat/completions":
+            self.asked.append(body["model"])
+            if body["model"] not in {"tiny", *self.held}:
+                return httpx.Response(404, json={"error": {"message": f"The model `{body['model']}` does not exist."}})
+            return httpx.Response(200, content=b'data: {"choices": [{"delta": {"content": "ok"}}]}\n\ndata: [DONE]\n\n')
+        return httpx.Response(200, json={})
+
+    def engine(self, frees_adapters: bool):
+        from serve.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine("http://vllm.test", "tiny", frees_adapters=frees_adapters)
+        engine._client = httpx.Client(base_url=engine.base_url, transport=httpx.MockTransport(self))
+        engine._async_client = httpx.AsyncClient(base_url=engine.base_url, transport=httpx.MockTransport(self))
+        return engine
+
+
+def test_replicas_sharing_vllm_load_a_version_once_and_only_the_worker_frees_it():
+    vllm = SharedVLLM()
+    first, second, worker = vllm.engine(False), vllm.engine(False), vllm.engine(True)
+
+    async def answer(engine) -> tuple[str, str | None]:
+        engine._async_loop = asyncio.get_running_loop()
+        generation = engine.generate(PROMPTS[0], GenerationParams(max_tokens=4))
+        return "".join([delta async for delta in generation.deltas]), generation.adapter_version
+
+    v1, v2, v3 = (AdapterRef(version, f"/adapters/{version}") for version in ("v1", "v2", "v3"))
+    for engine in (worker, first, second):  # the worker promotes v1; both replicas follow
+        engine.adapters.activate(v1)
+    assert vllm.loads == ["v1"] and vllm.held == {"v1": "/adapters/v1"}
+    assert [asyncio.run(answer(engine)) for engine in (first, second)] == [("ok", "v1"), ("ok", "v1")]
+    assert vllm.asked == ["v1", "v1"]  # both ask for the one copy by the version's name
+
+    for active, previous in ((v2, v1), (v3, v2)):  # two promotions: v1 is retired
+        for engine in (first, second):
+            engine.adapters.activate(active, previous)
+    assert [first.loaded_adapters(), second.loaded_adapters()] == [["v2", "v3"], ["v2", "v3"]]
+    assert set(vllm.held) == {"v1", "v2", "v3"} and vllm.loads == ["v1", "v2", "v3"]  # replicas free nothing
+    for active, previous in ((v2, v1), (v3, v2)):
+        worker.adapters.activate(active, previous)
+    assert set(vllm.held) == {"v2", "v3"} and vllm.loads == ["v1", "v2", "v3"]  # the worker freed the retired v1
+
+    del vllm.held["v3"]  # vLLM restarted and lost it: the next request loads it again, under the same name
+    assert asyncio.run(answer(first)) == ("ok", "v3") and vllm.loads[-1] == "v3" and "v3" in vllm.held
+
+
+def test_beside_an_external_worker_only_the_worker_frees_adapters_in_vllm(settings):
+    from deploy.app import build_engine
+
+    shared = settings.model_copy(update={"engine": "vllm", "vllm_api_key": "k", "worker": "external",
+                                         "database_url": "postgresql://u@127.0.0.1/record"})
+    alone = shared.model_copy(update={"worker": "embedded", "database_url": None})
+    assert [build_engine(shared).frees_adapters, build_engine(shared, worker=True).frees_adapters,
+            build_engine(alone).frees_adapters] == [False, True, True]
