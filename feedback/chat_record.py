@@ -132,9 +132,13 @@ class ChatRecord:
     async def store_turn(self, user_id: str, turn: Turn, user_content: str) -> Turn:
         """Store the user's message of ``turn`` (creating its conversation if needed)."""
 
+        @read_committed  # the conversation's key decides a race to create it, and its owner never changes
         def task(conn: duckdb.DuckDBPyConnection) -> Turn:
             if not _owned_conversation(conn, turn.conversation_id, user_id):
-                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?)", [turn.conversation_id, user_id])
+                # another replica may create the same conversation meanwhile: then whose it is decides
+                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                             [turn.conversation_id, user_id])
+                _owned_conversation(conn, turn.conversation_id, user_id)
             conn.execute(
                 "INSERT INTO messages (id, conversation_id, role, content) VALUES (?, ?, 'user', ?)",
                 [turn.parent_id, turn.conversation_id, user_content],

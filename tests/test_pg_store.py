@@ -163,6 +163,30 @@ def test_votes_from_many_threads_through_two_stores_are_all_stored_and_none_refu
         (f"u{i}", f"a{i}", f"vote {votes_each - 1}") for i in range(voters))
 
 
+def test_turns_and_answers_from_many_threads_through_two_stores_are_all_stored_and_none_refused(postgres_url):
+    """Chat turns and answers run at READ COMMITTED too (keys decide who creates a conversation):
+    with one attempt each, any serialisation failure would refuse one here."""
+    users, turns_each = 12, 4
+    with PgStore(postgres_url, max_attempts=1) as first, PgStore(postgres_url, max_attempts=1) as second:
+        async def chat_often(i: int) -> None:
+            chats, conversation_id = ChatRecord((first, second)[i % 2]), None
+            for n in range(turns_each):
+                turn = await chats.start_turn(f"u{i}", conversation_id, f"question {n}")
+                conversation_id = turn.conversation_id
+                await chats.add_answer(turn, Answer(f"answer {n}", "complete", "m", None, 1, 1, 1.0,
+                                                    prompt=[{"role": "user", "content": f"question {n}"}]))
+
+        threads = [threading.Thread(target=asyncio.run, args=(chat_often(i),)) for i in range(users)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        per_user = first.read("SELECT c.user_id, count(DISTINCT c.id) AS conversations, count(m.id) AS messages"
+                              " FROM conversations c JOIN messages m ON m.conversation_id = c.id GROUP BY c.user_id")
+    assert sorted((r["user_id"], r["conversations"], r["messages"]) for r in per_user) == sorted(
+        (f"u{i}", 1, 2 * turns_each) for i in range(users))
+
+
 def test_connections_the_server_dropped_are_replaced(postgres_url):
     with PgStore(postgres_url, pool_size=2) as store:
         store.write(lambda conn: audit(conn, "cli", "before", None))
