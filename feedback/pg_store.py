@@ -4,8 +4,8 @@ processes sharing one record.
 Where the DuckDB store has one writer thread, here each write task runs in its own
 SERIALIZABLE transaction on a pooled connection: the database serialises writers from every
 process, and a task that loses a serialisation race runs again after a jittered, growing pause
-(tasks do database work only, as on DuckDB). Tasks marked ``read_committed`` (votes, answers,
-judgments, counters: rows appended or upserted, decided by keys) run at READ COMMITTED and so
+(tasks do database work only, as on DuckDB). Tasks marked ``read_committed`` (chat turns, answers,
+votes, judgments, counters: rows appended or upserted, decided by keys) run at READ COMMITTED and so
 never lose such a race. A caller learns its result only after COMMIT: acknowledged still means
 committed.
 
