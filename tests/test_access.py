@@ -27,9 +27,9 @@ ROUTES = {
     ("GET", "/api/admin/users"): (ADMIN, 200),
     ("POST", "/api/admin/users"): (ADMIN, 422),
     ("PUT", "/api/admin/users/{user_id}/role"): (ADMIN, 422),
+    ("POST", "/api/admin/users/{user_id}/disable"): (ADMIN, 404),
     ("GET", "/api/admin/audit"): (ADMIN, 200),
     ("DELETE", "/api/admin/conversations/{conversation_id}"): (ADMIN, 404),
-    ("POST", "/api/admin/users/{user_id}/disable"): (ADMIN, 404),
     ("GET", "/api/admin/cycles"): (ADMIN, 200),
     ("POST", "/api/admin/cycles"): (ADMIN, 202),
     ("GET", "/api/admin/cycles/{cycle_id}"): (ADMIN, 404),
@@ -186,8 +186,6 @@ def test_admin_manages_users_and_roles_with_audit(client, keys):
     assert {("user.create", "nurse-jo"), ("user.role", "nurse-jo")} <= actions
 
 
-def test_forget_a_conversation_reports_adapters_trained_on_it(client, server, keys):
-    answer = chat(client, key=keys["alice"]).json()
 def test_a_revoked_key_stops_working_on_the_next_request_though_it_was_cached(client, server, keys):
     alice, ada = bearer(keys["alice"]), bearer(keys["ada"])
     assert client.get("/api/conversations", headers=alice).status_code == 200  # alice's key is now cached
@@ -215,6 +213,8 @@ def test_a_cached_key_expires_so_changes_made_elsewhere_are_seen(server, keys):
     assert accounts.by_api_key(keys["olga"]).role == "user"
 
 
+def test_forget_a_conversation_reports_adapters_trained_on_it(client, server, keys):
+    answer = chat(client, key=keys["alice"]).json()
     client.post("/api/feedback", json={"message_id": answer["id"], "rating": "up"}, headers=bearer(keys["alice"]))
     server.store.write(lambda c: c.execute("INSERT INTO adapter_provenance VALUES ('adapter-7', ?)", [answer["id"]]))
     keep = chat(client, key=keys["bob"]).json()["conversation_id"]
