@@ -158,10 +158,10 @@ def build_app(settings: Settings, services: Services | None = None) -> FastAPI:
             jobs.tasks.append(asyncio.create_task(
                 follow_registry(services.engine, services.cycle.registry, settings.registry_poll_s)))
         app.state.scheduler = jobs.scheduler
-        yield
         # the model and libraries are loaded: keep their objects out of the collector's full passes,
         # which otherwise stop every request for about half a second each (measured under load)
         gc.freeze()
+        yield
         jobs.stop()
         await asyncio.to_thread(stop_all_training)  # a training child must not outlive the server
         await services.judging.stop()
