@@ -7,11 +7,12 @@ For each model (the tiny random Llama of the tests; SmolLM2-135M-Instruct when
 data/models/SmolLM2-135M-Instruct exists) and a LoRA adapter shaped as training makes them
 (r 16, alpha 32, every attention and MLP projection; small random weights, so that the answers
 stay close to the base model's and every way generates about as many tokens), ``--chats``
-greedy chats are answered one at a time, three ways, in the same run and in alternating order:
+greedy chats are answered one at a time, three ways, in the same run, the ways taking turns
+chat by chat in rotating order (so that they share a loaded machine's ups and downs alike):
 
-- base: LocalEngine serving the base model, no adapter loaded (the baseline);
-- merged: the same LocalEngine serving the adapter (engine.adapters.activate), which merges it
-  into the weights;
+- base: a LocalEngine serving the base model, no adapter loaded (the baseline);
+- merged: a LocalEngine serving the adapter (engine.adapters.activate), which merges it into
+  the weights;
 - unmerged: peft's LoRA branch on every adapted layer (what the engine did before), the same
   batch code (serve.batch_generation.stream_batch) on a PeftModel.
 
@@ -68,40 +69,33 @@ def make_adapter(model_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def through_engine(engine, chats, max_tokens, adapter) -> tuple[float, int, list[str]]:
-    """(seconds, tokens, answers) of ``chats`` answered one at a time by ``engine``."""
+def through_engine(engine, messages, max_tokens, adapter) -> tuple[float, int, str]:
+    """(seconds, tokens, answer) of one chat answered by ``engine``."""
     from serve.engine import GenerationParams
 
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
 
     async def run():
-        tokens, answers = 0, []
-        for messages in chats:
-            generation = engine.generate(messages, params, adapter=adapter)
-            answers.append("".join([delta async for delta in generation]))
-            tokens += generation.completion_tokens
-        return tokens, answers
+        generation = engine.generate(messages, params, adapter=adapter)
+        return "".join([delta async for delta in generation]), generation.completion_tokens
 
     started = time.perf_counter()
-    tokens, answers = asyncio.run(run())
-    return time.perf_counter() - started, tokens, answers
+    answer, tokens = asyncio.run(run())
+    return time.perf_counter() - started, tokens, answer
 
 
-def through_peft(model, tokenizer, eos_ids, chats, max_tokens) -> tuple[float, int, list[str]]:
-    """The same, on peft's unmerged LoRA with the engine's batch code (one row per batch)."""
+def through_peft(model, tokenizer, eos_ids, messages, max_tokens) -> tuple[float, int, str]:
+    """The same on peft's unmerged LoRA, with the engine's batch code (a batch of one)."""
     from serve.batch_generation import StreamRow, stream_batch
 
-    started, tokens, answers = time.perf_counter(), 0, []
-    for messages in chats:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"][0].tolist()
-        parts, counted = [], []
-        row = StreamRow(ids, max_tokens, threading.Event(), emit=parts.append,
-                        finish=lambda generated, hit_eos: counted.append(generated))
-        stream_batch(model, tokenizer, [row], eos_ids)
-        tokens += counted[0]
-        answers.append("".join(parts))
-    return time.perf_counter() - started, tokens, answers
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"][0].tolist()
+    parts, counted = [], []
+    row = StreamRow(ids, max_tokens, threading.Event(), emit=parts.append,
+                    finish=lambda generated, hit_eos: counted.append(generated))
+    started = time.perf_counter()
+    stream_batch(model, tokenizer, [row], eos_ids)
+    return time.perf_counter() - started, counted[0], "".join(parts)
 
 
 def switch_costs(engine, version: str) -> dict[str, float]:
@@ -125,41 +119,37 @@ def bench(name: str, model_dir: Path, scratch: Path, args: argparse.Namespace) -
     from serve.adapters import AdapterRef
     from serve.local_engine import LocalEngine
 
+    base_engine = LocalEngine(str(model_dir), torch_threads=args.threads, device=args.device)  # no adapter
     engine = LocalEngine(str(model_dir), torch_threads=args.threads, device=args.device)
     adapter = AdapterRef("bench-1", str(make_adapter(model_dir, scratch / f"{name}-adapter")))
+    engine.adapters.activate(adapter)
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=engine.model.dtype).to(engine.model.device)
     peft_model = PeftModel.from_pretrained(plain, adapter.path).eval()
-    chats = conversations(args.chats)
     eos_ids = engine._eos_ids()
-
-    def base():
-        engine.adapters.activate(None)  # unloads the adapter: the plain base model
-        return through_engine(engine, chats, args.max_tokens, None)
-
-    def merged():
-        engine.adapters.activate(adapter)
-        through_engine(engine, chats[:1], 1, adapter.version)  # the first batch merges it (timed below)
-        return through_engine(engine, chats, args.max_tokens, adapter.version)
-
-    ways = {"base": base, "merged": merged,
-            "unmerged": lambda: through_peft(peft_model, engine.tokenizer, eos_ids, chats, args.max_tokens)}
-    for way in ways.values():  # warm-up
-        way()
-    figures: dict[str, list[tuple[float, int, list[str]]]] = {way: [] for way in ways}
-    for round_index in range(args.rounds):
-        for way in list(ways) if round_index % 2 == 0 else list(reversed(ways)):
-            figures[way].append(ways[way]())
+    ways = {"base": lambda chat: through_engine(base_engine, chat, args.max_tokens, None),
+            "merged": lambda chat: through_engine(engine, chat, args.max_tokens, adapter.version),
+            "unmerged": lambda chat: through_peft(peft_model, engine.tokenizer, eos_ids, chat, args.max_tokens)}
+    chats = conversations(args.chats)
+    for way in ways.values():  # warm-up (the merged engine merges the adapter here)
+        way(chats[0])
+    figures: dict[str, list[tuple[float, int, str]]] = {way: [] for way in ways}
+    turn = 0
+    for _ in range(args.rounds):
+        for chat in chats:  # the ways take turns chat by chat, first in rotation: they share the load alike
+            for way in list(ways)[turn % 3:] + list(ways)[:turn % 3]:
+                figures[way].append(ways[way](chat))
+            turn += 1
     rates = {way: sum(t for _, t, _ in runs) / sum(s for s, _, _ in runs) for way, runs in figures.items()}
-    agree = sum(a == b for (_, _, x), (_, _, y) in zip(figures["merged"], figures["unmerged"]) for a, b in zip(x, y))
-    print(f"{name}: {args.chats} chats x {args.rounds} rounds one at a time, max_tokens {args.max_tokens}, "
-          f"{args.threads} torch thread(s); load average {os.getloadavg()[0]:.1f}")
+    agree = sum(m == u for (_, _, m), (_, _, u) in zip(figures["merged"], figures["unmerged"]))
+    print(f"{name}: {args.chats} chats x {args.rounds} rounds one at a time, the ways in turn; max_tokens "
+          f"{args.max_tokens}, {args.threads} torch thread(s), {engine.device}; load average {os.getloadavg()[0]:.1f}")
     for way, rate in rates.items():
         print(f"  {way:<9} {rate:8.1f} tokens/s (x{rate / rates['base']:.2f} the base model)")
     print(f"  merged and unmerged greedy answers equal: {agree}/{args.chats * args.rounds}")
-    engine.adapters.activate(adapter)
     costs = switch_costs(engine, adapter.version)
     print("  switch: " + ", ".join(f"{label} {seconds * 1000:.1f} ms" for label, seconds in costs.items()))
     engine.close()
+    base_engine.close()
 
 
 def main() -> None:

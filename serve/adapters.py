@@ -52,10 +52,6 @@ class AdapterLifecycle:
         """The version kept loaded for a rollback (None: none, or the base model)."""
         return self._previous
 
-    @property
-    def kept(self) -> set[str]:
-        return set(self._kept)
-
     def activate(self, active: AdapterRef | None, previous: AdapterRef | None = None) -> None:
         """Serve ``active`` (None: the base model) to new requests and keep ``previous`` loaded
         for an instant rollback (None: no version); then unload every version that neither needs
