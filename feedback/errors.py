@@ -23,3 +23,12 @@ class StoreBusyError(StoreError):
     def __init__(self, message: str, retry_after_s: float):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StoreUnavailableError(StoreError):
+    """The record's database server cannot be reached: nothing was read or written; the caller
+    may retry after a pause, and the store reconnects by itself once the server answers."""
+
+    def __init__(self, message: str, retry_after_s: float = 5.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -9,6 +9,10 @@ votes, judgments, counters: rows appended or upserted, decided by keys) run at R
 never lose such a race. A caller learns its result only after COMMIT: acknowledged still means
 committed.
 
+While the server cannot be reached, every read and write fails at once with a
+StoreUnavailableError (HTTP 503 with Retry-After) naming where the record is; the first request
+after the server answers again replaces the pool, so a process recovers without a restart.
+
 Tasks and reads use the record's SQL as written for DuckDB: ``?`` and ``$1`` placeholders are
 turned into psycopg's here, parameters are bound on the client (so ``? IS NULL`` needs no type, as on
 DuckDB), and JSON columns come back as text, as DuckDB returns them. SQL that only
@@ -34,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from feedback.errors import StoreBusyError, StoreError
+from feedback.errors import StoreBusyError, StoreError, StoreUnavailableError
 from feedback.store import migration_files, rows_as_dicts
 
 T = TypeVar("T")
@@ -105,6 +109,8 @@ class PgStore:
         self.max_attempts = max_attempts
         self.connect_timeout_s = connect_timeout_s
         self._pool: ConnectionPool | None = None
+        self._server_lost = False  # the last request found the server unreachable: the next one tries it first
+        self._reconnecting = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(max_queued)
         self._max_queued = max_queued
@@ -112,13 +118,7 @@ class PgStore:
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> "PgStore":
         self.connect().close()
-        self._pool = ConnectionPool(
-            self.url, min_size=1, max_size=self.pool_size, open=False, timeout=30.0,
-            kwargs={"autocommit": True, "cursor_factory": psycopg.ClientCursor}, configure=configure_connection,
-            check=ConnectionPool.check_connection,  # a connection the server dropped is replaced before use
-            name="carecycle-record",
-        )
-        self._pool.open(wait=True, timeout=self.connect_timeout_s)
+        self._pool = self._new_pool()
         self._executor = concurrent.futures.ThreadPoolExecutor(self.pool_size, thread_name_prefix="carecycle-pg-write")
         try:
             self._migrate()
@@ -135,6 +135,18 @@ class PgStore:
             self._pool.close()
             self._pool = None
 
+    def _new_pool(self) -> ConnectionPool:
+        pool = ConnectionPool(
+            self.url, min_size=1, max_size=self.pool_size, open=False, timeout=30.0,
+            kwargs={"autocommit": True, "cursor_factory": psycopg.ClientCursor, "connect_timeout": self._connect_timeout()},
+            configure=configure_connection, name="carecycle-record",
+        )
+        pool.open(wait=True, timeout=self.connect_timeout_s)
+        return pool
+
+    def _connect_timeout(self) -> int:
+        return max(1, round(self.connect_timeout_s))
+
     def __enter__(self) -> "PgStore":
         return self.open()
 
@@ -142,12 +154,13 @@ class PgStore:
         self.close()
 
     def connect(self) -> psycopg.Connection:
-        """A connection of its own (autocommit), or a StoreError in one line: where, and what to check."""
+        """A connection of its own (autocommit), or a StoreUnavailableError in one line: where, and
+        what to check."""
         try:
-            conn = psycopg.connect(self.url, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=max(1, round(self.connect_timeout_s)))
+            conn = psycopg.connect(self.url, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=self._connect_timeout())
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(
+            raise StoreUnavailableError(
                 f"cannot reach the PostgreSQL record at {self.where}: {reason}. Check that the server "
                 "runs and listens there, the database exists, and the user and password are right."
             ) from None
@@ -237,13 +250,55 @@ class PgStore:
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection that answers, or a StoreUnavailableError at once while the server
+        cannot be reached; once it answers again a fresh pool replaces the connections it dropped."""
         if self._pool is None:
             raise StoreError(f"the record at {self.where} is not open")
+        pool = self._fresh_pool(self._pool) if self._server_lost else self._pool
+        conn = self._getconn(pool)
         try:
-            conn = self._pool.getconn()
-        except PoolTimeout:
-            raise StoreBusyError(f"no connection to the record at {self.where} came free; try again shortly", retry_after_s=1.0) from None
+            ConnectionPool.check_connection(conn)
+        except psycopg.OperationalError:  # the server dropped it: restarted, or gone
+            pool.putconn(conn)
+            pool = self._fresh_pool(pool)
+            conn = self._getconn(pool)
         try:
             yield conn
+        except psycopg.OperationalError as exc:
+            if not conn.closed:
+                raise
+            self._server_lost = True
+            raise StoreUnavailableError(
+                f"the PostgreSQL record at {self.where} dropped the connection ({str(exc).strip().splitlines()[0]}), "
+                "so this request was not completed; retry shortly (carecycle reconnects by itself once the server answers)"
+            ) from None
         finally:
-            self._pool.putconn(conn)
+            pool.putconn(conn)
+
+    def _getconn(self, pool: ConnectionPool) -> psycopg.Connection:
+        try:
+            return pool.getconn()
+        except PoolTimeout:
+            self._probe()  # a StoreUnavailableError if the pool waited on a server that is gone
+            raise StoreBusyError(f"no connection to the record at {self.where} came free; try again shortly", retry_after_s=1.0) from None
+
+    def _probe(self) -> None:
+        """Connect once: a StoreUnavailableError (and the next request probes first) if the server
+        cannot be reached."""
+        try:
+            self.connect().close()
+        except StoreUnavailableError:
+            self._server_lost = True
+            raise
+
+    def _fresh_pool(self, stale: ConnectionPool) -> ConnectionPool:
+        """The pool to use instead of ``stale``, whose connections the server may have dropped: a
+        new one if the server answers (``stale`` is closed; a thread that replaced it first wins),
+        else a StoreUnavailableError naming where and what to check."""
+        with self._reconnecting:
+            if self._pool is stale:
+                self._probe()
+                self._pool = self._new_pool()
+                stale.close(timeout=1.0)  # connections still lent out are closed as they come back
+            self._server_lost = False
+            return self._pool

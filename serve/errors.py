@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from typing import TYPE_CHECKING
 
-from feedback.errors import CarecycleError, ConflictError, NotFoundError, StoreBusyError, StoreError
+from feedback.errors import CarecycleError, ConflictError, NotFoundError, StoreBusyError, StoreError, StoreUnavailableError
 from serve.protocol import ErrorDetail, ErrorResponse
+
+if TYPE_CHECKING:  # the engines raise these errors without loading the web framework
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
 
 class InvalidRequestError(CarecycleError):
@@ -74,13 +77,15 @@ def error_payload(exc: CarecycleError) -> tuple[int, ErrorResponse]:
 
 
 def error_response(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def _error_headers(exc: CarecycleError) -> dict[str, str] | None:
     if isinstance(exc, AuthenticationError):
         return {"WWW-Authenticate": "Bearer"}
-    if isinstance(exc, (RateLimitedError, StoreBusyError)):
+    if isinstance(exc, (RateLimitedError, StoreBusyError, StoreUnavailableError)):
         return {"Retry-After": str(max(1, round(exc.retry_after_s)))}
     return None
 

@@ -5,6 +5,7 @@ empty database in it."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import shlex
@@ -51,18 +52,48 @@ def postgres_server() -> Iterator[str]:
 def throwaway_cluster(bin_dir: Path, fsync: bool = False) -> Iterator[str]:
     """Start a cluster in a fresh folder on a free loopback port (fsync off for tests, on for a
     benchmark's figures); stop and delete it after."""
+    with stoppable_cluster(bin_dir, fsync) as cluster:
+        yield cluster.url
+
+
+@dataclasses.dataclass
+class Cluster:
+    """A running throwaway cluster that a test may stop and start again (same folder and port)."""
+
+    bin_dir: Path
+    folder: Path
+    port: int
+    options: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def pg_ctl(self, *args: str) -> None:
+        _as_server_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), *args])
+
+    def start(self) -> None:
+        self.pg_ctl("-o", self.options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-m", mode, "-w", "stop")
+
+
+@contextlib.contextmanager
+def stoppable_cluster(bin_dir: Path, fsync: bool = False) -> Iterator[Cluster]:
+    """Like ``throwaway_cluster``, but yields the ``Cluster`` itself."""
     folder = Path(tempfile.mkdtemp(prefix="carecycle-pg-"))
-    data = folder / "data"
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     port = _free_port()
-    _as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}"
-    _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"])
+    _as_server_user([str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
+    cluster = Cluster(bin_dir, folder, port, f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'}")
+    cluster.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield cluster
     finally:
-        _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
+        with contextlib.suppress(subprocess.CalledProcessError):  # a test may have left it stopped
+            cluster.stop("immediate")
         shutil.rmtree(folder, ignore_errors=True)
 
 
