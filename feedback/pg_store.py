@@ -46,6 +46,7 @@ T = TypeVar("T")
 _MIGRATION_LOCK = 0x6361726563796C65  # "carecycle"
 _RETRIED = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _FIRST_PAUSE_S = 0.005  # before the second attempt at most; doubled before each next one
+_PROBE_EVERY_S = 1.0  # while the server is unreachable, requests in between get the last probe's answer
 _QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
 _NUMBERED = re.compile(r"\$(\d+)")
 
@@ -110,6 +111,7 @@ class PgStore:
         self.connect_timeout_s = connect_timeout_s
         self._pool: ConnectionPool | None = None
         self._server_lost = False  # the last request found the server unreachable: the next one tries it first
+        self._last_probe: tuple[float, str] = (float("-inf"), "")  # when, and why it failed ("" if it did not)
         self._reconnecting = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(max_queued)
@@ -284,12 +286,18 @@ class PgStore:
 
     def _probe(self) -> None:
         """Connect once: a StoreUnavailableError (and the next request probes first) if the server
-        cannot be reached."""
+        cannot be reached. A failed probe stands for a second, so that requests do not queue
+        behind one connect timeout each when the server's host does not answer at all."""
+        probed_at, failure = self._last_probe
+        if failure and time.monotonic() - probed_at < _PROBE_EVERY_S:
+            raise StoreUnavailableError(failure)
         try:
             self.connect().close()
-        except StoreUnavailableError:
+        except StoreUnavailableError as exc:
             self._server_lost = True
+            self._last_probe = (time.monotonic(), str(exc))
             raise
+        self._last_probe = (time.monotonic(), "")
 
     def _fresh_pool(self, stale: ConnectionPool) -> ConnectionPool:
         """The pool to use instead of ``stale``, whose connections the server may have dropped: a
