@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_writes import Connection, free_port, offer, percentile, saturate  # noqa: E402
+from benchmarks.bench_writes import Connection, free_port, offer, percentile, saturate, seed  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,26 +37,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=100.0, help="offered votes per second for the latency run")
     return parser.parse_args()
-
-
-def seed(store, clients: int) -> list[tuple[str, str]]:
-    """One user, conversation and answer per client; returns (api key, answer id) per client."""
-    from feedback.accounts import Accounts
-
-    with store:
-        accounts = Accounts(store)
-        keys = [accounts.create("bench", f"voter{i}", "user") for i in range(clients)]
-
-        def answers(conn):
-            for i in range(clients):
-                conn.execute("INSERT INTO conversations (id, user_id) VALUES (?, ?)", [f"conv{i}", f"voter{i}"])
-                conn.execute("INSERT INTO messages (id, conversation_id, role, content) VALUES (?, ?, 'user', 'q')",
-                             [f"q{i}", f"conv{i}"])
-                conn.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content)"
-                             " VALUES (?, ?, ?, 'assistant', 'a')", [f"a{i}", f"conv{i}", f"q{i}"])
-
-        store.write(answers)
-        return [(key, f"a{i}") for i, key in enumerate(keys)]
 
 
 class CountingConnection(Connection):

@@ -60,12 +60,12 @@ def free_port() -> int:
 
 
 # -- the record ------------------------------------------------------------------------
-def seed(record: Path, clients: int) -> list[tuple[str, str]]:
-    """One user, conversation and answer per client; returns (api key, answer id) per client."""
+def seed(store, clients: int) -> list[tuple[str, str]]:
+    """One user, conversation and answer per client in ``store`` (either backend, closed after);
+    returns (api key, answer id) per client."""
     from feedback.accounts import Accounts
-    from feedback.store import Store
 
-    with Store(record) as store:
+    with store:
         accounts = Accounts(store)
         keys = [accounts.create("bench", f"voter{i}", "user") for i in range(clients)]
 
@@ -85,8 +85,10 @@ def bare_duckdb(folder: Path, rows: int) -> tuple[float, float]:
     """Inserts/s into the feedback table: one transaction per row, then all rows in one."""
     import duckdb
 
+    from feedback.store import Store
+
     record = folder / "bare.duckdb"
-    seed(record, 1)
+    seed(Store(record), 1)
     conn = duckdb.connect(str(record))
     insert = "INSERT INTO feedback (message_id, user_id, rating, reason, comment) VALUES ('a0', 'voter0', ?, NULL, NULL)"
     started = time.perf_counter()
@@ -233,8 +235,10 @@ def count_votes(record: Path) -> int:
 
 
 def server_run(scratch: Path, model: Path, args: argparse.Namespace, max_batch: int) -> dict[str, float]:
+    from feedback.store import Store
+
     data_dir = scratch / f"data-batch{max_batch}"
-    clients = seed(data_dir / "carecycle.duckdb", args.clients)
+    clients = seed(Store(data_dir / "carecycle.duckdb"), args.clients)
     process, port = start_server(data_dir, model, max_batch)
     try:
         figures = asyncio.run(measure(port, clients, args.seconds, args.rate))
