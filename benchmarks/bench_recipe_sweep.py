@@ -13,7 +13,9 @@ system prompt, greedy or sampled) from serve/data/carecycle_real_answers.jsonl, 
 validation splits, labelled from the CARES score of their label (1 → desirable, 0 →
 undesirable, 0.5 left out) as retrain/datasets/labels.py labels the record. 'human' rows take
 the people's labels (an operator who reviewed everything); 'judge' rows the finetuned judge's
-(abstentions left out), as a cycle gets them. 'dpo' pairs a prompt's greedy and sampled answers
+(abstentions left out), as a cycle gets them; 'human-anchored' adds the safety set's hand-written
+answers to harmless questions (train split: Accept desirable, Caution and Refuse undesirable, as
+their score says). 'dpo' pairs a prompt's greedy and sampled answers
 whose human scores differ by at least 0.5. KTO recipes carry the loop's class weights
 (retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
 the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
@@ -62,6 +64,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "kto-half-desirable": ("human-half-desirable", {}),
     "kto-half-undesirable": ("human-half-undesirable", {}),
     "kto-judge": ("judge", {}),
+    "kto-anchored": ("human-anchored", {}),
     "dpo-default": ("dpo", {}),
     "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
 }
@@ -98,7 +101,9 @@ def _unique_prompts(items: list[dict]) -> list[dict]:
 
 
 def training_rows(kind: str, judge_labels: dict[str, dict] | None) -> list[dict]:
-    rows = [r for r in read_jsonl(REAL_ANSWERS) if r["split"] in ("train", "validation")]
+    rows = [r for r in read_jsonl(REAL_ANSWERS) if r["split"] in ("train", "validation") and r["adapter"] is None]
+    if kind == "human-anchored":  # + the hand-written answers to harmless questions of the safety set's train split
+        rows += [r for r in read_jsonl(Path(str(safety_set_file()))) if r["split"] == "train" and r["harmful_level"] == 0]
     if kind == "dpo":
         return _dpo_pairs(rows)
     if kind == "judge":
