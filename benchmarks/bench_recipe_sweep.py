@@ -38,10 +38,9 @@ from pathlib import Path
 
 from deploy.settings import DEFAULT_SYSTEM_PROMPT
 from retrain.evaluation.runner import conversation_for
-from serve.cares import safety_score, safety_set_file
+from serve.cares import real_answers_file, safety_score, safety_set_file
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_ANSWERS = REPO / "serve" / "data" / "carecycle_real_answers.jsonl"
+REAL_ANSWERS = real_answers_file()
 EVAL_TOKENS = 96
 BASE = "base"
 # name → (training rows, TrainConfig fields). Every KTO recipe gets the loop's class weights
@@ -69,7 +68,7 @@ ANSWER_ALL_REAL = ("kto-default", "kto-judge")  # these also answer every real-a
 
 
 def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file (a Path, or the package resource ``safety_set_file()`` names)."""
+    """Rows of a JSONL file (a Path, or a package resource such as ``safety_set_file()``)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -90,8 +90,8 @@ def export(
 
 def evaluate(
     adapter: str = typer.Option("none", help="`none` (the base model), a registry version, or an adapter folder."),
-    benchmark: str = typer.Option("carecycle-safety", help="carecycle-safety, cares-18k, or a Parquet/CSV/JSONL path."),
-    split: str | None = typer.Option(None, help="Benchmark split (carecycle-safety: validation or test); default: "
+    benchmark: str = typer.Option("carecycle-safety", help="carecycle-safety, carecycle-real, cares-18k, or a Parquet/CSV/JSONL path."),
+    split: str | None = typer.Option(None, help="Benchmark split (carecycle-*: train, validation or test); default: "
                                      "test where the benchmark has splits, the whole file where it has none."),
     judge: str = typer.Option("finetuned", help="self, external or finetuned."),
     limit: int | None = typer.Option(None, help="Only the first N prompts."),

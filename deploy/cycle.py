@@ -51,7 +51,7 @@ class CycleConfig:
     require_approval: bool = False
     benchmark: str = "carecycle-safety"
     eval_split: str | None = "validation"
-    eval_extra_files: tuple[str, ...] = ()  # more CARES-format files the gate compares on
+    eval_extra_files: tuple[str, ...] = ()  # more benchmarks (names or CARES-format files) the gate compares on
     eval_limit: int | None = None
     eval_max_tokens: int = 96
     sample_cap: int = 64  # prompts sampled best-of-N per cycle (retrain.datasets.best_of_n)

@@ -129,9 +129,11 @@ class Settings(BaseSettings):
     cycle_benchmark: str = Field("carecycle-safety", description="Benchmark the cycle chooses on (name or file path).")
     cycle_eval_split: str | None = Field("validation", description="Split of that benchmark used to choose (never test).")
     cycle_eval_extra_files: list[str] = Field(
-        default_factory=list,
-        description="More CARES-format files (.parquet/.csv/.jsonl) the gate compares on, as a JSON list of paths; "
-        "a file with a split column adds its CARECYCLE_CYCLE_EVAL_SPLIT rows, one without adds all of them.",
+        default_factory=lambda: ["carecycle-real"],
+        description="More benchmarks the gate compares on, as a JSON list of names (as CARECYCLE_CYCLE_BENCHMARK) "
+        "or paths of CARES-format files (.parquet/.csv/.jsonl); one with a split column adds its "
+        "CARECYCLE_CYCLE_EVAL_SPLIT rows, one without adds all of them. The default, carecycle-real, adds the 48 "
+        "validation prompts of the shipped real answers: 96 items with the safety set's 48; [] restores 48.",
     )
     cycle_eval_limit: int | None = Field(None, ge=1, description="Evaluate only the first N benchmark prompts.")
     cycle_eval_max_tokens: int = Field(96, ge=1, description="Answer length when evaluating adapters.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -132,6 +133,48 @@ def test_the_evaluation_set_adds_extra_files_and_never_the_test_split(tmp_path):
         load_evaluation_set("carecycle-safety", "test")
     with pytest.raises(BenchmarkError, match="evaluation set .* duplicate row"):
         load_evaluation_set("carecycle-safety", "validation", [whole, whole])
+
+
+def default_evaluation_set(tmp_path):
+    """The items a cycle compares on with the default settings, composed as the app composes them."""
+    from deploy.app import cycle_config
+    from deploy.settings import Settings
+    from retrain.evaluation.benchmark import load_evaluation_set
+
+    config = cycle_config(Settings(data_dir=tmp_path, judges=""))
+    return load_evaluation_set(config.benchmark, config.eval_split, config.eval_extra_files, config.eval_limit)
+
+
+def test_the_default_evaluation_set_is_both_shipped_validation_splits(tmp_path):
+    items = default_evaluation_set(tmp_path)
+    assert len(items) == 96
+    assert Counter(i.harmful_level for i in items) == {0: 24, 1: 24, 2: 24, 3: 24}
+    assert len({i.prompt for i in items}) == len({i.id for i in items}) == 96
+    real = load_benchmark("carecycle-real", split="validation")
+    assert [i.id for i in items] == [i.id for i in load_benchmark("carecycle-safety", split="validation") + real]
+    reported = load_benchmark("carecycle-real", split="test") + load_benchmark("carecycle-safety", split="test")
+    assert not {i.prompt for i in items} & {i.prompt for i in reported}
+
+
+def test_the_real_answers_benchmark_has_one_item_per_prompt_and_never_chooses_on_test():
+    from retrain.evaluation.benchmark import load_evaluation_set
+
+    items = load_benchmark("carecycle-real")
+    assert len(items) == len({i.prompt for i in items}) == 256  # 816 answer rows
+    assert Counter(i.split for i in items) == {"train": 128, "validation": 48, "test": 80}
+    assert items[0].id == "ra-0001" and items[1].id == "ra-0003"  # a prompt's first row; ra-0002 is its sampled answer
+    with pytest.raises(BenchmarkError, match="'test' split reports results"):
+        load_evaluation_set("carecycle-real", "test")
+
+
+def test_no_evaluation_prompt_trains_the_judge_or_is_the_loops_traffic(tmp_path):
+    from serve.judges.finetuned import load_training_rows
+
+    chosen_on = {i.prompt for i in default_evaluation_set(tmp_path)}
+    trained_on = {row["prompt"] for row in load_training_rows("train")}  # both files' train splits (label model)
+    loop_traffic = {i.prompt for i in load_benchmark("carecycle-safety", split="train")}  # bench_loop's chats
+    assert len(loop_traffic) == 144 and len(trained_on) == 144 + 128 and loop_traffic < trained_on
+    assert not chosen_on & trained_on
 
 
 def test_missing_columns_are_named(tmp_path):

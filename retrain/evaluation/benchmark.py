@@ -1,4 +1,4 @@
-"""CARES-format benchmarks: the project's own file, CARES-18K from the hub, or a local file.
+"""CARES-format benchmarks: the project's own files, CARES-18K from the hub, or a local file.
 
 Every source goes through the same checks (columns, method names, harm levels, principles)
 and comes back as ``BenchmarkItem`` rows. Row numbers in error messages count data rows from 1
@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import CarecycleError
-from serve.cares import HARM_LEVELS, METHODS, PRINCIPLES, safety_set_file
+from serve.cares import HARM_LEVELS, METHODS, PRINCIPLES, real_answers_file, safety_set_file
 
 COLUMNS = ("principle_index", "generation_model", "harmful_level", "method", "base_prompt", "prompt")
 OWN_BENCHMARK = "carecycle-safety"
+REAL_BENCHMARK = "carecycle-real"
+# the project's files by benchmark name: several labelled answers per prompt, one item per prompt
+PACKAGED = {OWN_BENCHMARK: safety_set_file, REAL_BENCHMARK: real_answers_file}
 CARES_NAME = "cares-18k"
 CARES_HUB_ID = "HFXM/CARES-18K"
 # the commit other evaluation toolkits pin; not verifiable from here (no hub access)
@@ -47,13 +50,14 @@ class BenchmarkItem:
 def load_benchmark(name_or_path: str | Path, split: str | None = None, limit: int | None = None) -> list[BenchmarkItem]:
     """The items of a benchmark, optionally one split of it, at most ``limit`` of them.
 
-    ``name_or_path``: "carecycle-safety" (one item per distinct prompt; splits train /
-    validation / test by base prompt: choose cycles on "validation", report on "test"),
+    ``name_or_path``: "carecycle-safety" (the hand-written set) or "carecycle-real" (the default
+    model's real answers) — one item per distinct prompt, the first row's id; splits train /
+    validation / test by base prompt: choose cycles on "validation", report on "test" —
     "cares-18k" (the hub dataset at a pinned revision; split defaults to "test"), or a
     .parquet / .csv / .jsonl file with the CARES columns (and optionally ``id``, ``split``).
     """
-    if str(name_or_path) == OWN_BENCHMARK:
-        items = _dedupe_prompts(_items(_read_own_file(), OWN_BENCHMARK))
+    if str(name_or_path) in PACKAGED:
+        items = _dedupe_prompts(_items(_read_packaged(str(name_or_path)), str(name_or_path)))
     elif str(name_or_path) == CARES_NAME:
         hub_split = split or "test"
         items = _items(_read_hub(hub_split), f"{CARES_NAME}-{hub_split}", default_split=hub_split)
@@ -67,8 +71,9 @@ def load_benchmark(name_or_path: str | Path, split: str | None = None, limit: in
 def load_evaluation_set(benchmark: str | Path, split: str | None, extra_files: Sequence[str | Path] = (),
                         limit: int | None = None) -> list[BenchmarkItem]:
     """The items a cycle's gate compares adapters on: ``split`` of ``benchmark`` plus every
-    extra CARES-format file (its ``split`` rows when it has a split column, else all of it),
-    at most ``limit`` in all. The test split is refused: it reports results, it never chooses."""
+    extra benchmark, a name or a CARES-format file (its ``split`` rows when it has a split
+    column, else all of it), at most ``limit`` in all. The test split is refused: it reports
+    results, it never chooses."""
     if split == REPORTING_SPLIT:
         raise BenchmarkError(f"the {REPORTING_SPLIT!r} split reports results and must never choose an adapter; "
                              "evaluate cycles on 'validation' (and extra files)")
@@ -85,7 +90,7 @@ def _local_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix.lower() not in SUFFIXES:
         raise BenchmarkError(
-            f"unknown benchmark {str(name_or_path)!r}; use {OWN_BENCHMARK!r}, {CARES_NAME!r} "
+            f"unknown benchmark {str(name_or_path)!r}; use {' / '.join(map(repr, PACKAGED))}, {CARES_NAME!r} "
             f"or a path to a {' / '.join(SUFFIXES)} file with the CARES columns"
         )
     if not path.is_file():
@@ -94,10 +99,10 @@ def _local_path(name_or_path: str | Path) -> Path:
 
 
 # -- reading -------------------------------------------------------------------------------
-def _read_own_file() -> list[dict[str, Any]]:
+def _read_packaged(name: str) -> list[dict[str, Any]]:
     from importlib.resources import as_file
 
-    with as_file(safety_set_file()) as path:
+    with as_file(PACKAGED[name]()) as path:
         return _read_local(path)
 
 
@@ -230,7 +235,7 @@ def _raise_for_rows(source: str, kind: str, problems: list[tuple[int, str]]) -> 
 
 
 def _dedupe_prompts(items: list[BenchmarkItem]) -> list[BenchmarkItem]:
-    """One item per distinct prompt (the project's file has several answers per prompt)."""
+    """One item per distinct prompt (the project's files have several answers per prompt)."""
     unique: dict[str, BenchmarkItem] = {}
     for item in items:
         unique.setdefault(item.prompt, item)

@@ -31,7 +31,7 @@ from functools import lru_cache
 from importlib.abc import Traversable
 from pathlib import Path
 
-from serve.cares import HARM_LEVELS, Label, safety_set_file
+from serve.cares import HARM_LEVELS, Label, real_answers_file, safety_set_file
 from serve.judges import cross_encoder
 from serve.judges.agreement import agreement_by_version, held_out, judge_figures
 from serve.judges.base import Judge, JudgeError, Judgment
@@ -42,7 +42,6 @@ TRAIN_COMMAND = "carecycle judge train"
 FORMAT = "cross-encoder/1"
 LABELS = tuple(Label)
 MIN_ROWS_PER_CLASS = 8
-REAL_ANSWERS_FILE = "carecycle_real_answers.jsonl"
 _VERSION = re.compile(r"^v(\d+)$")
 _MANIFEST = "manifest.json"
 _ACTIVE = "ACTIVE"
@@ -53,7 +52,7 @@ _MODELS = {"label": len(LABELS), "harm": len(HARM_LEVELS)}
 
 def labelled_files() -> list[Traversable]:
     """The project's labelled files: the hand-written set, and the real answers when shipped."""
-    real = safety_set_file().parent / REAL_ANSWERS_FILE
+    real = real_answers_file()
     return [safety_set_file()] + ([real] if real.is_file() else [])
 
 
