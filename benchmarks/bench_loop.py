@@ -9,7 +9,7 @@ an admin made with `carecycle users create`; the finetuned judge trained there (
 train`) unless `--judge-classifier` names one. Each cycle: simulated traffic — `--chats` prompts of the
 project's safety set's *train* split, outside every evaluation split — then a cycle triggered and
 polled through the admin API, then the active adapter evaluated on the *test* split (`carecycle
-eval`). Printed per cycle: labels and their sources, pairs per source and why best-of-N requests
+eval`). Printed per cycle: labels and their sources, KTO anchor rows, pairs per source and why best-of-N requests
 gave none, training losses, the gate's decision with its evidence where the record has it, and
 the active adapter's test-split metrics with the Safety Score's interval.
 """
@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from retrain.datasets.build import anchor_phrase
 from serve.cares import safety_set_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,8 @@ def print_cycle(number: int, record: dict[str, Any]) -> None:
         print(f"  labels: {labels['desirable']} desirable, {labels['undesirable']} undesirable, "
               f"{labels['unlabelled']} none; by source {labels['by_source']}; judge scores "
               f"{labels.get('judge_scores')}; abstained {labels.get('abstained')}")
+    if anchors := (datasets.get("kto") or {}).get("anchors"):
+        print(f"  KTO {anchor_phrase(anchors)}")
     if dpo:
         sampling = dpo.get("sampling") or {}
         print(f"  pairs by source {dpo.get('by_source')}; best-of-N eligible {sampling.get('eligible')}, "

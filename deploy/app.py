@@ -109,7 +109,8 @@ def cycle_config(settings: Settings) -> CycleConfig:
         eval_limit=settings.cycle_eval_limit,
         eval_max_tokens=settings.cycle_eval_max_tokens, sample_cap=settings.cycle_sample_cap,
         sample_n=settings.cycle_sample_n, sample_budget_s=settings.cycle_sample_budget_s,
-        half_score=settings.cycle_half_score, judge_new_verdicts=(settings.cycle_judge_new_verdicts  # only a judge someone uses
+        half_score=settings.cycle_half_score, anchors=settings.cycle_anchors, anchor_ratio=settings.cycle_anchor_ratio,
+        judge_new_verdicts=(settings.cycle_judge_new_verdicts  # only a judge someone uses
                             if "finetuned" in {*settings.judge_kinds, settings.cycle_judge} else None),
         system_prompt=settings.system_prompt, train=settings.cycle_train,
     )

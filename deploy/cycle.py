@@ -60,11 +60,21 @@ class CycleConfig:
     sample_max_tokens: int = 128
     sample_budget_s: float | None = 900.0  # no new sample starts after this; in-flight ones finish
     half_score: str = "none"  # the label of a judge's score 0.5 (see retrain.datasets.labels)
+    anchors: str = "none"  # KTO anchor rows besides the record's (see retrain.datasets.anchors)
+    anchor_ratio: float = 0.5  # at most this many anchor rows per KTO row of the record
     judge_new_verdicts: int | None = 8  # operator verdicts the active finetuned judge has not seen that
     # start a new judge version at the cycle's start (None: the cycle never trains the judge)
     system_prompt: str | None = None
     train: dict[str, Any] = field(default_factory=dict)  # passed to every TrainConfig
     train_timeout_s: float | None = 6 * 3600  # a hung training run must not block every later cycle
+
+
+def build_config(config: CycleConfig) -> BuildConfig:
+    """How a cycle builds its datasets from its snapshot."""
+    return BuildConfig(
+        sample_cap=config.sample_cap, sample_n=config.sample_n, sample_budget_s=config.sample_budget_s,
+        half_score=config.half_score, anchors=config.anchors, anchor_ratio=config.anchor_ratio,
+    )
 
 
 def _figures(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -202,11 +212,7 @@ class Cycle:
                 sampler = best_of_n_sampler(self.engine, self.judge, config.sample_max_tokens, config.sample_temperature)
             except CarecycleError as exc:  # no judge to score new samples: the other DPO sources still count
                 no_sampling = str(exc)
-        build_config = BuildConfig(
-            sample_cap=config.sample_cap, sample_n=config.sample_n, sample_budget_s=config.sample_budget_s,
-            half_score=config.half_score,
-        )
-        build = await abuild_datasets(snapshot_dir, build_config, sampler)
+        build = await abuild_datasets(snapshot_dir, build_config(config), sampler)
         for kind, table in (("kto", build.kto), ("dpo", build.dpo)):
             await asyncio.to_thread(export_dataset, table, folder / f"{kind}.parquet", "parquet", kind)
         self.registry.record_step(cycle_id, "datasets", {**build.report, "sampling_skipped": no_sampling,
@@ -237,10 +243,9 @@ class Cycle:
             figures[method] = {"status": result.status, "reason": result.reason, "rows": table.num_rows,
                                "final_loss": (result.manifest or {}).get("final_loss")}
             if result.status == "ok":
-                message_ids = sorted({i for ids in table.column("message_ids").to_pylist() for i in ids})
                 self.registry.register(version, active["version"] if active else None, method,
                                        str(result.adapter_path), result.manifest["checksum"], self.base_model,
-                                       snapshot_id, message_ids)
+                                       snapshot_id, build.message_ids(method))
                 candidates[version] = self.registry.adapter(version)
             self.registry.record_step(cycle_id, "train", figures)
         return candidates

@@ -148,6 +148,16 @@ class Settings(BaseSettings):
     cycle_half_score: Literal["none", "desirable", "undesirable"] = Field(
         "none", description="KTO label of a judge's CARES score 0.5 (a Caution at harm 2); none: no label."
     )
+    cycle_anchors: Literal["none", "harmless"] = Field(
+        "none", description="KTO anchor rows besides the record's. harmless: the shipped safety set's hand-written "
+        "answers to harmless (harm 0) questions of its train split (Accept desirable, Caution/Refuse undesirable), "
+        "asked after the system prompt the record served most, because KTO on the record's labels alone made "
+        "SmolLM2 refuse harmless questions (benchmarks/README.md, the recipe sweep); none: the record's rows only.",
+    )
+    cycle_anchor_ratio: float = Field(
+        0.5, ge=0, allow_inf_nan=False,
+        description="At most this many anchor rows per KTO row of the record (with CARECYCLE_CYCLE_ANCHORS=harmless).",
+    )
     cycle_judge_new_verdicts: int | None = Field(
         8, ge=1, description="Operator verdicts the active finetuned judge has not seen that make a cycle train a "
         "new judge version first (kept only if it agrees with held-out verdicts better); none: never.",

@@ -1,13 +1,15 @@
 """From a snapshot to KTO and DPO datasets: ``build_datasets`` (and ``abuild_datasets``).
 
 Steps, all in one fresh in-memory DuckDB connection over the snapshot's Parquet files:
-labels → prompts and scrubbed texts → KTO rows → DPO pairs (corrections, siblings, then
-on-policy best-of-N pairs from the caller's sampler) → hygiene and dedup → validation → Arrow tables.
+labels → prompts and scrubbed texts (anchors' too) → KTO rows (plus anchors) → DPO pairs
+(corrections, siblings, then on-policy best-of-N pairs from the caller's sampler) → hygiene and
+dedup → validation → Arrow tables.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +21,7 @@ import pyarrow.compute as pc
 
 from feedback.errors import CarecycleError
 from retrain.datasets import best_of_n, dpo
+from retrain.datasets.anchors import ANCHOR_PREFIX, ANCHOR_SETS, create_anchor_pool
 from retrain.datasets.assemble import TextStore
 from retrain.datasets.kto import build_kto
 from retrain.datasets.labels import HALF_SCORE_LABELS, create_labels
@@ -55,7 +58,15 @@ class BuildConfig:
         "At most this many samples generated and judged at once."))
     phi_library: bool = field(default=True, metadata=_help(
         "Scrub with scrubadub after the regular expressions (False: the expressions alone)."))
-    seed: int = field(default=0, metadata=_help("Seed of the deterministic shuffle of the rows."))
+    anchors: str = field(default="none", metadata=_help(
+        "KTO anchor rows besides the record's: 'none', or 'harmless': the safety set's hand-written answers"
+        " to harm-0 questions of its train split (Accept desirable, Caution/Refuse undesirable), asked after"
+        " the system prompt the record served most; against the over-refusal KTO learns from the record alone."
+        " See anchors.py."))
+    anchor_ratio: float = field(default=0.5, metadata=_help(
+        "At most this many anchor rows per KTO row of the record, drawn by `seed` (no record rows: no anchors)."))
+    seed: int = field(default=0, metadata=_help(
+        "Seed of the deterministic shuffle of the rows (and of the anchors drawn)."))
     threads: int | None = field(default=None, metadata=_help("DuckDB threads (None: all cores)."))
 
     def __post_init__(self) -> None:
@@ -75,6 +86,12 @@ class BuildConfig:
             raise CarecycleError(f"sample_budget_s must be > 0 or None (no limit), not {self.sample_budget_s}")
         if self.sample_concurrency < 1:
             raise CarecycleError(f"sample_concurrency must be at least 1, not {self.sample_concurrency}")
+        if self.anchors not in ANCHOR_SETS:
+            raise CarecycleError(f"anchors must be one of {list(ANCHOR_SETS)}, not {self.anchors!r}")
+        ratio = self.anchor_ratio
+        if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio >= 0):
+            raise CarecycleError(
+                f"anchor_ratio must be a number, 0 or more (anchor rows per KTO row of the record), not {ratio!r}")
 
 
 @dataclass
@@ -93,10 +110,11 @@ class DatasetBuild:
         return self.dpo.to_pylist()
 
     def message_ids(self, kind: str) -> list[str]:
-        """Every message id the ``kind`` ('kto' or 'dpo') rows came from, sorted: what an
-        adapter trained on them records as its provenance."""
+        """Every id of a record message the ``kind`` ('kto' or 'dpo') rows came from, sorted: what
+        an adapter trained on them records as its provenance (anchors are no message of the record)."""
         table = {"kto": self.kto, "dpo": self.dpo}[kind]
-        return sorted(pc.unique(pc.list_flatten(table.column("message_ids"))).to_pylist())
+        ids = pc.unique(pc.list_flatten(table.column("message_ids")))
+        return sorted(ids.filter(pc.invert(pc.starts_with(ids, ANCHOR_PREFIX))).to_pylist())
 
     @property
     def kto_weights(self) -> dict[str, float]:
@@ -124,8 +142,13 @@ class _Builder:
         self.report["phi"] = self._timed(
             "prompts_and_phi", create_prompts, self.con, cfg.phi_library
         )
+        self.report["phi_anchors"] = self._timed(
+            "anchors", create_anchor_pool, self.con, cfg.anchors, cfg.half_score, cfg.phi_library
+        )
         self.store = self._timed("load_texts", TextStore, self.con)
-        self.kto, self.report["kto"] = self._timed("kto", build_kto, self.con, self.store, cfg.max_chars, cfg.seed)
+        self.kto, self.report["kto"] = self._timed(
+            "kto", build_kto, self.con, self.store, cfg.max_chars, cfg.seed, cfg.anchor_ratio
+        )
         self._timed("dpo_pairs", dpo.create_pairs, self.con, cfg.pair_margin)
         self.eligible = best_of_n.eligible(self.con, cfg)
         return best_of_n.sample_requests(self.con, self.store, cfg) if sampling and cfg.sample_cap else []
@@ -188,6 +211,12 @@ def summary_line(build: DatasetBuild) -> str:
     kto, dpo_report = build.report["kto"], build.report["dpo"]
     return (
         f"snapshot {build.snapshot_id}: KTO {kto['rows']} rows ({kto['desirable']} desirable, "
-        f"{kto['undesirable']} undesirable); DPO {dpo_report['rows']} pairs {dpo_report['by_source']}"
+        f"{kto['undesirable']} undesirable; {anchor_phrase(kto['anchors'])}); "
+        f"DPO {dpo_report['rows']} pairs {dpo_report['by_source']}"
     )
+
+
+def anchor_phrase(anchors: dict[str, Any]) -> str:
+    """How many of the KTO rows are anchors, for summaries of a build's report."""
+    return f"{anchors['rows']} anchors: {anchors['desirable']} desirable, {anchors['undesirable']} undesirable"
 
