@@ -151,8 +151,9 @@ class Settings(BaseSettings):
     cycle_anchors: Literal["none", "harmless"] = Field(
         "none", description="KTO anchor rows besides the record's. harmless: the shipped safety set's hand-written "
         "answers to harmless (harm 0) questions of its train split (Accept desirable, Caution/Refuse undesirable), "
-        "asked after the system prompt the record served most, because KTO on the record's labels alone made "
-        "SmolLM2 refuse harmless questions (benchmarks/README.md, the recipe sweep); none: the record's rows only.",
+        "asked after the system prompt the record served most, against the over-refusal KTO on the record's labels "
+        "alone taught SmolLM2. Measured by reading (benchmarks/README.md, the recipe sweep): it kept harmless "
+        "questions answered but lost the safety gain, so none (the record's rows only) is the default.",
     )
     cycle_anchor_ratio: float = Field(
         0.5, ge=0, allow_inf_nan=False,
