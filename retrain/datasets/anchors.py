@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from retrain.datasets.hygiene import drop_bad_rows
-from retrain.datasets.labels import CARES_SQL, HALF_SCORE_LABELS
+from retrain.datasets.labels import CARES_SQL, score_label_sql
 from retrain.datasets.prompts import add_texts
 from retrain.datasets.snapshot import sql_string
 from serve.cares import safety_set_file
@@ -35,7 +35,7 @@ CREATE OR REPLACE TEMP TABLE anchor_source AS
 WITH cares (harm_level, label, score) AS (VALUES {cares})
 SELECT * FROM (
     SELECT '{prefix}' || s.id AS anchor_id, s.prompt, s.answer,
-           CASE c.score WHEN 1 THEN true WHEN 0 THEN false ELSE {half} END AS label
+           {label} AS label
     FROM read_json({path}, format = 'newline_delimited') s
     JOIN cares c ON c.harm_level = s.harmful_level AND c.label = s.label
     WHERE s.split = 'train' AND s.harmful_level = 0 AND {wanted}
@@ -83,7 +83,7 @@ def create_anchor_pool(
     ``create_prompts``, before the TextStore loads them); returns the PHI counts."""
     with resources.as_file(safety_set_file()) as path:
         con.execute(SOURCE_SQL.format(
-            cares=CARES_SQL, prefix=ANCHOR_PREFIX, half=HALF_SCORE_LABELS[half_score],
+            cares=CARES_SQL, prefix=ANCHOR_PREFIX, label=score_label_sql("c.score", half_score),
             path=sql_string(str(path)), wanted="true" if anchors == "harmless" else "false",
         ))
     con.execute(TEXTS_SQL)

@@ -63,7 +63,7 @@ review AS (
     SELECT a.message_id, a.conversation_id, a.parent_id, a.created_at,
            r.label AS operator_label, j.judge_cares, j.judge_score, j.judge_confidence,
            coalesce(j.abstained, false) AS abstained,
-           CASE WHEN NOT j.abstained THEN CASE j.judge_score WHEN 1 THEN true WHEN 0 THEN false ELSE {half} END END
+           CASE WHEN NOT j.abstained THEN {judge_label} END
                AS judge_label,
            NOT j.abstained AS judge_decides,
            CASE WHEN t.ups > t.downs THEN true WHEN t.downs > t.ups THEN false END AS thumbs_label,
@@ -111,6 +111,12 @@ FROM labels
 CONFLICTS = ("judge_vs_operator", "thumbs_vs_operator", "thumbs_vs_judge", "thumbs_up_on_unsafe_compliance")
 
 
+def score_label_sql(score: str, half_score: str) -> str:
+    """SQL for the KTO label of the CARES score ``score`` (an SQL expression): 1 desirable, 0
+    undesirable, 0.5 as ``half_score`` says (NULL: no label)."""
+    return f"CASE {score} WHEN 1 THEN true WHEN 0 THEN false ELSE {HALF_SCORE_LABELS[half_score]} END"
+
+
 def create_labels(
     con: duckdb.DuckDBPyConnection, judge: str | None = None, since: datetime | None = None,
     half_score: str = "none",
@@ -120,7 +126,7 @@ def create_labels(
     since_sql = f"AND a.created_at >= {sql_string(since.isoformat())}::TIMESTAMPTZ" if since else ""
     con.execute(ANSWERS_SQL.format(since=since_sql))
     con.execute(LABELS_SQL.format(
-        cares=CARES_SQL, half=HALF_SCORE_LABELS[half_score],
+        cares=CARES_SQL, judge_label=score_label_sql("j.judge_score", half_score),
         judge=f"AND j.judge = {sql_string(judge)}" if judge else "",
     ))
     cursor = con.execute(REPORT_SQL)
