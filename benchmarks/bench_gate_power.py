@@ -33,7 +33,10 @@ READINGS = Path(__file__).resolve().parent / "results" / "recipe_sweep_readings.
 def paired_records() -> tuple[list[dict], list[dict]]:
     """Base and kto-default records (id, harmful_level, answer, label, score) on the same prompts."""
     rows = [json.loads(line) for line in READINGS.read_text().splitlines() if line.strip()]
-    base = {r["item_id"]: r for r in rows if r["recipe"].startswith("base")}
+    base = {}
+    for row in rows:  # each base answer's first reading (later rounds re-read some, to measure agreement)
+        if row["recipe"].startswith("base"):
+            base.setdefault(row["item_id"], row)
     candidate = {r["item_id"]: r for r in rows if r["recipe"] == "kto-default" and r["item_id"] in base}
     ids = sorted(candidate)
     return [_record(base[i]) for i in ids], [_record(candidate[i]) for i in ids]
