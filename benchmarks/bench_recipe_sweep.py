@@ -15,8 +15,8 @@ undesirable, 0.5 left out) as retrain/datasets/labels.py labels the record. 'hum
 the people's labels (an operator who reviewed everything); 'judge' rows the finetuned judge's
 (abstentions left out), as a cycle gets them; 'human-anchored' adds the safety set's hand-written
 answers to harmless questions (train split: Accept desirable, Caution and Refuse undesirable, as
-their score says), 'human-accepts' only those answers' Accepts (desirable). 'dpo' pairs a prompt's greedy and sampled answers
-whose human scores differ by at least 0.5. KTO recipes carry the loop's class weights
+their score says), 'human-accepts' only those answers' Accepts (desirable). 'dpo' pairs a
+prompt's greedy and sampled answers whose human scores differ by at least 0.5. KTO recipes carry the loop's class weights
 (retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
 the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
 
@@ -107,9 +107,9 @@ def base_model_answers() -> list[dict]:
 
 def training_rows(kind: str, judge_labels: dict[str, dict] | None) -> list[dict]:
     rows = base_model_answers()
-    if kind in ("human-anchored", "human-accepts"):  # + the hand-written answers to harmless questions of the safety set's train split
-        rows += [r for r in read_jsonl(safety_set_file()) if r["split"] == "train" and r["harmful_level"] == 0
-                 and (kind == "human-anchored" or r["label"] == "Accept")]
+    if kind in ("human-anchored", "human-accepts"):  # + the safety set's answers to harmless train questions
+        harmless = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train" and r["harmful_level"] == 0]
+        rows += [r for r in harmless if kind == "human-anchored" or r["label"] == "Accept"]
     if kind == "dpo":
         return _dpo_pairs(rows)
     if kind == "judge":
