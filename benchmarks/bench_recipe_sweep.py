@@ -16,8 +16,12 @@ the people's labels (an operator who reviewed everything); 'judge' rows the fine
 (abstentions left out), as a cycle gets them; 'human-anchored' adds the safety set's hand-written
 answers to harmless questions (train split: Accept desirable, Caution and Refuse undesirable, as
 their score says), 'human-accepts' only those answers' Accepts (desirable). 'dpo' pairs a
-prompt's greedy and sampled answers whose human scores differ by at least 0.5. KTO recipes carry the loop's class weights
-(retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
+prompt's greedy and sampled answers whose human scores differ by at least 0.5. 'contrast' pairs,
+for every prompt of the safety set's train split, its hand-written answer that scores 1 (harm 0
+Accept, harm 1 Caution, harm 2-3 Refuse) as chosen against the base model's own greedy answer as
+rejected, unlabelled (on-policy rejected answers, as in self-play fine-tuning): "answer this
+harmless question", "decline this harmful one", both in one set. KTO recipes carry the loop's
+class weights (retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
 the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
 
 Held out (no recipe trains on them): every prompt of the real answers' test split and of the
@@ -64,7 +68,14 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "kto-accepts": ("human-accepts", {}),
     "dpo-default": ("dpo", {}),
     "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
+    "dpo-contrast": ("contrast", {}),
+    # DPO plus the chosen answers' language-model loss (TRL's 'sft' term; RPO), 2 epochs
+    "dpo-contrast-sft": ("contrast", {"num_train_epochs": 2.0,
+                                      "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
 }
+# the hand-written answer a contrast pair chooses, by harm level: the CARES score's 1 (at harm 1 the
+# Caution, the more helpful of the two that score 1)
+CONTRAST_CHOSEN = {0: "Accept", 1: "Caution", 2: "Refuse", 3: "Refuse"}
 ANSWER_ALL_REAL = ("kto-default", "kto-judge")  # these also answer every real-answers prompt (judge data)
 
 
@@ -105,7 +116,9 @@ def base_model_answers() -> list[dict]:
     return [r for r in read_jsonl(REAL_ANSWERS) if r["split"] in ("train", "validation") and r["adapter"] is None]
 
 
-def training_rows(kind: str, judge_labels: dict[str, dict] | None) -> list[dict]:
+def training_rows(kind: str, judge_labels: dict[str, dict] | None, own: dict[str, str] | None = None) -> list[dict]:
+    if kind == "contrast":
+        return _contrast_pairs(own)
     rows = base_model_answers()
     if kind in ("human-anchored", "human-accepts"):  # + the safety set's answers to harmless train questions
         harmless = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train" and r["harmful_level"] == 0]
@@ -138,6 +151,18 @@ def _dpo_pairs(rows: list[dict]) -> list[dict]:
             pairs.append({"prompt": conversation(prompt), "chosen": [{"role": "assistant", "content": chosen}],
                           "rejected": [{"role": "assistant", "content": rejected}]})
     return pairs
+
+
+def safety_train_prompts() -> list[str]:
+    """The safety set's train prompts, once each, in file order."""
+    return list(dict.fromkeys(r["prompt"] for r in read_jsonl(safety_set_file()) if r["split"] == "train"))
+
+
+def _contrast_pairs(own: dict[str, str]) -> list[dict]:
+    chosen = {r["prompt"]: r["answer"] for r in read_jsonl(safety_set_file())
+              if r["split"] == "train" and r["label"] == CONTRAST_CHOSEN[r["harmful_level"]]}
+    return [{"prompt": conversation(prompt), "chosen": [{"role": "assistant", "content": chosen[prompt]}],
+             "rejected": [{"role": "assistant", "content": own[prompt]}]} for prompt in safety_train_prompts()]
 
 
 # ---- judge-labels (CPU) -------------------------------------------------------------------------
@@ -189,10 +214,11 @@ def run(args: argparse.Namespace) -> None:
         if kind == "judge" and labels is None:
             print(f"{name}: skipped, no --judge-labels", flush=True)
             continue
-        rows = training_rows(kind, labels)
+        own = _own_answers(args, data) if kind == "contrast" else None
+        rows = training_rows(kind, labels, own)
         dataset = data / f"{name}.jsonl"
         dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        config = TrainConfig(method="dpo" if kind == "dpo" else "kto", base_model=str(args.model),
+        config = TrainConfig(method="dpo" if kind in ("dpo", "contrast") else "kto", base_model=str(args.model),
                              dataset=str(dataset), output_dir=str(args.out / "adapters" / name),
                              dtype=args.train_dtype, **{**(_loop_weights(kind, rows) if args.class_weights else {}), **fields})
         began = time.monotonic()
@@ -210,7 +236,7 @@ def run(args: argparse.Namespace) -> None:
 def _loop_weights(kind: str, rows: list[dict]) -> dict[str, float]:
     from retrain.datasets import kto_weights
 
-    if kind == "dpo":
+    if kind in ("dpo", "contrast"):
         return {}
     desirable = sum(row["label"] for row in rows)
     weights = kto_weights(desirable, len(rows) - desirable)
@@ -218,6 +244,31 @@ def _loop_weights(kind: str, rows: list[dict]) -> dict[str, float]:
 
 
 def _answer(args: argparse.Namespace, name: str, adapter: str | None, started: float) -> None:
+    items = held_out_items() + ([i for i in real_prompt_items() if i["split"] != "test"]
+                                if name in ANSWER_ALL_REAL or name == BASE else [])
+    began = time.monotonic()
+    answers, device = _generate(args, adapter, [i["prompt"] for i in items])
+    (args.out / "answers").mkdir(exist_ok=True)
+    with (args.out / "answers" / f"{name}.jsonl").open("w") as out:
+        for item, answer in zip(items, answers):
+            out.write(json.dumps(dict(item, answer=answer, recipe=name)) + "\n")
+    print(f"{name}: {len(items)} answers in {time.monotonic() - began:.1f} s on {device} "
+          f"(at {time.monotonic() - started:.0f} s)", flush=True)
+
+
+def _own_answers(args: argparse.Namespace, data: Path) -> dict[str, str]:
+    """The base model's greedy answers to the safety set's train prompts (the contrast pairs'
+    rejected side), generated once per output folder (data/base-safety-train.jsonl)."""
+    path = data / "base-safety-train.jsonl"
+    if not path.exists():
+        prompts = safety_train_prompts()
+        answers, _ = _generate(args, None, prompts)
+        path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
+    return {row["prompt"]: row["answer"] for row in read_jsonl(path)}
+
+
+def _generate(args: argparse.Namespace, adapter: str | None, prompts: list[str]) -> tuple[list[str], str]:
+    """Greedy answers of the base model (or the base with an adapter), as the cycle's evaluation asks."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -231,19 +282,11 @@ def _answer(args: argparse.Namespace, name: str, adapter: str | None, started: f
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    items = held_out_items() + ([i for i in real_prompt_items() if i["split"] != "test"]
-                                if name in ANSWER_ALL_REAL or name == BASE else [])
-    began = time.monotonic()
     answers = []
-    for start in range(0, len(items), args.batch_size):
-        batch = items[start:start + args.batch_size]
-        answers += generate_batch(model, tokenizer, [conversation(i["prompt"]) for i in batch], EVAL_TOKENS)
-    (args.out / "answers").mkdir(exist_ok=True)
-    with (args.out / "answers" / f"{name}.jsonl").open("w") as out:
-        for item, answer in zip(items, answers):
-            out.write(json.dumps(dict(item, answer=answer, recipe=name)) + "\n")
-    print(f"{name}: {len(items)} answers in {time.monotonic() - began:.1f} s on {device} "
-          f"(at {time.monotonic() - started:.0f} s)", flush=True)
+    for start in range(0, len(prompts), args.batch_size):
+        answers += generate_batch(model, tokenizer, [conversation(p) for p in prompts[start:start + args.batch_size]],
+                                  EVAL_TOKENS)
+    return answers, device
 
 
 # ---- score (CPU) --------------------------------------------------------------------------------
