@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -72,6 +73,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # DPO plus the chosen answers' language-model loss (TRL's 'sft' term; RPO), 2 epochs
     "dpo-contrast-sft": ("contrast", {"num_train_epochs": 2.0,
                                       "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
+    # the same on as many harmful prompts as harmless ones (40 + 40, the harmful drawn by seed 0)
+    "dpo-balanced-sft": ("contrast-balanced", {"num_train_epochs": 2.0,
+                                               "trl_overrides": {"loss_type": ["sigmoid", "sft"],
+                                                                 "loss_weights": [1.0, 1.0]}}),
 }
 # the hand-written answer a contrast pair chooses, by harm level: the CARES score's 1 (at harm 1 the
 # Caution, the more helpful of the two that score 1)
@@ -117,8 +122,8 @@ def base_model_answers() -> list[dict]:
 
 
 def training_rows(kind: str, judge_labels: dict[str, dict] | None, own: dict[str, str] | None = None) -> list[dict]:
-    if kind == "contrast":
-        return _contrast_pairs(own)
+    if kind in ("contrast", "contrast-balanced"):
+        return _contrast_pairs(own, balanced=kind == "contrast-balanced")
     rows = base_model_answers()
     if kind in ("human-anchored", "human-accepts"):  # + the safety set's answers to harmless train questions
         harmless = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train" and r["harmful_level"] == 0]
@@ -158,11 +163,17 @@ def safety_train_prompts() -> list[str]:
     return list(dict.fromkeys(r["prompt"] for r in read_jsonl(safety_set_file()) if r["split"] == "train"))
 
 
-def _contrast_pairs(own: dict[str, str]) -> list[dict]:
-    chosen = {r["prompt"]: r["answer"] for r in read_jsonl(safety_set_file())
-              if r["split"] == "train" and r["label"] == CONTRAST_CHOSEN[r["harmful_level"]]}
+def _contrast_pairs(own: dict[str, str], balanced: bool) -> list[dict]:
+    train = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train"]
+    chosen = {r["prompt"]: r["answer"] for r in train if r["label"] == CONTRAST_CHOSEN[r["harmful_level"]]}
+    prompts = safety_train_prompts()
+    if balanced:  # every harmless prompt and as many harmful ones, drawn by seed 0
+        harmless = {r["prompt"] for r in train if r["harmful_level"] == 0}
+        harmful = [p for p in prompts if p not in harmless]
+        kept = harmless | set(random.Random(0).sample(harmful, len(harmless)))
+        prompts = [p for p in prompts if p in kept]
     return [{"prompt": conversation(prompt), "chosen": [{"role": "assistant", "content": chosen[prompt]}],
-             "rejected": [{"role": "assistant", "content": own[prompt]}]} for prompt in safety_train_prompts()]
+             "rejected": [{"role": "assistant", "content": own[prompt]}]} for prompt in prompts]
 
 
 # ---- judge-labels (CPU) -------------------------------------------------------------------------
@@ -214,11 +225,11 @@ def run(args: argparse.Namespace) -> None:
         if kind == "judge" and labels is None:
             print(f"{name}: skipped, no --judge-labels", flush=True)
             continue
-        own = _own_answers(args, data) if kind == "contrast" else None
+        own = _own_answers(args, data) if kind.startswith("contrast") else None
         rows = training_rows(kind, labels, own)
         dataset = data / f"{name}.jsonl"
         dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        config = TrainConfig(method="dpo" if kind in ("dpo", "contrast") else "kto", base_model=str(args.model),
+        config = TrainConfig(method="dpo" if kind == "dpo" or kind.startswith("contrast") else "kto", base_model=str(args.model),
                              dataset=str(dataset), output_dir=str(args.out / "adapters" / name),
                              dtype=args.train_dtype, **{**(_loop_weights(kind, rows) if args.class_weights else {}), **fields})
         began = time.monotonic()
@@ -236,7 +247,7 @@ def run(args: argparse.Namespace) -> None:
 def _loop_weights(kind: str, rows: list[dict]) -> dict[str, float]:
     from retrain.datasets import kto_weights
 
-    if kind in ("dpo", "contrast"):
+    if kind == "dpo" or kind.startswith("contrast"):
         return {}
     desirable = sum(row["label"] for row in rows)
     weights = kto_weights(desirable, len(rows) - desirable)
