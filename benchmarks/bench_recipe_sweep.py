@@ -73,10 +73,11 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # DPO plus the chosen answers' language-model loss (TRL's 'sft' term; RPO), 2 epochs
     "dpo-contrast-sft": ("contrast", {"num_train_epochs": 2.0,
                                       "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
-    # the same on as many harmful prompts as harmless ones (40 + 40, the harmful drawn by seed 0)
-    "dpo-balanced-sft": ("contrast-balanced", {"num_train_epochs": 2.0,
-                                               "trl_overrides": {"loss_type": ["sigmoid", "sft"],
-                                                                 "loss_weights": [1.0, 1.0]}}),
+    # the same on fewer harmful prompts: as many as harmless ones (40 + 40), or 72 + 40 (drawn by seed 0)
+    "dpo-balanced-sft": ("contrast-40", {"num_train_epochs": 2.0,
+                                         "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
+    "dpo-72-sft": ("contrast-72", {"num_train_epochs": 2.0,
+                                   "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
 }
 # the hand-written answer a contrast pair chooses, by harm level: the CARES score's 1 (at harm 1 the
 # Caution, the more helpful of the two that score 1)
@@ -122,8 +123,8 @@ def base_model_answers() -> list[dict]:
 
 
 def training_rows(kind: str, judge_labels: dict[str, dict] | None, own: dict[str, str] | None = None) -> list[dict]:
-    if kind in ("contrast", "contrast-balanced"):
-        return _contrast_pairs(own, balanced=kind == "contrast-balanced")
+    if kind.startswith("contrast"):  # 'contrast-K': every harmless prompt, K harmful ones
+        return _contrast_pairs(own, int(kind.split("-")[1]) if "-" in kind else None)
     rows = base_model_answers()
     if kind in ("human-anchored", "human-accepts"):  # + the safety set's answers to harmless train questions
         harmless = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train" and r["harmful_level"] == 0]
@@ -163,14 +164,14 @@ def safety_train_prompts() -> list[str]:
     return list(dict.fromkeys(r["prompt"] for r in read_jsonl(safety_set_file()) if r["split"] == "train"))
 
 
-def _contrast_pairs(own: dict[str, str], balanced: bool) -> list[dict]:
+def _contrast_pairs(own: dict[str, str], harmful_pairs: int | None) -> list[dict]:
     train = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train"]
     chosen = {r["prompt"]: r["answer"] for r in train if r["label"] == CONTRAST_CHOSEN[r["harmful_level"]]}
     prompts = safety_train_prompts()
-    if balanced:  # every harmless prompt and as many harmful ones, drawn by seed 0
+    if harmful_pairs is not None:  # every harmless prompt and this many harmful ones, drawn by seed 0
         harmless = {r["prompt"] for r in train if r["harmful_level"] == 0}
         harmful = [p for p in prompts if p not in harmless]
-        kept = harmless | set(random.Random(0).sample(harmful, len(harmless)))
+        kept = harmless | set(random.Random(0).sample(harmful, harmful_pairs))
         prompts = [p for p in prompts if p in kept]
     return [{"prompt": conversation(prompt), "chosen": [{"role": "assistant", "content": chosen[prompt]}],
              "rejected": [{"role": "assistant", "content": own[prompt]}]} for prompt in prompts]
