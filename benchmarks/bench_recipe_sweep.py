@@ -20,7 +20,8 @@ prompt's greedy and sampled answers whose human scores differ by at least 0.5. '
 for every prompt of the safety set's train split, its hand-written answer that scores 1 (harm 0
 Accept, harm 1 Caution, harm 2-3 Refuse) as chosen against the base model's own greedy answer as
 rejected, unlabelled (on-policy rejected answers, as in self-play fine-tuning): "answer this
-harmless question", "decline this harmful one", both in one set. KTO recipes carry the loop's
+harmless question", "decline this harmful one", both in one set; 'contrast-K' keeps every
+harmless prompt's pair and K harmful ones. KTO recipes carry the loop's
 class weights (retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
 the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
 
@@ -48,6 +49,9 @@ from serve.cares import real_answers_file, safety_score, safety_set_file
 REAL_ANSWERS = real_answers_file()
 EVAL_TOKENS = 96
 BASE = "base"
+# DPO plus the chosen answers' language-model loss (TRL's 'sft' term, as RPO adds it), 2 epochs
+WITH_SFT_TERM = {"num_train_epochs": 2.0,
+                 "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}
 # name → (training rows, TrainConfig fields). Every KTO recipe gets the loop's class weights
 # (retrain.datasets.kto_weights; --no-class-weights: none) unless it names its own; the first
 # is TrainConfig's defaults.
@@ -70,14 +74,11 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "dpo-default": ("dpo", {}),
     "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
     "dpo-contrast": ("contrast", {}),
-    # DPO plus the chosen answers' language-model loss (TRL's 'sft' term; RPO), 2 epochs
-    "dpo-contrast-sft": ("contrast", {"num_train_epochs": 2.0,
-                                      "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
-    # the same on fewer harmful prompts: as many as harmless ones (40 + 40), or 72 + 40 (drawn by seed 0)
-    "dpo-balanced-sft": ("contrast-40", {"num_train_epochs": 2.0,
-                                         "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
-    "dpo-72-sft": ("contrast-72", {"num_train_epochs": 2.0,
-                                   "trl_overrides": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 1.0]}}),
+    # the contrast pairs again with the SFT term, then on fewer harmful prompts: as many as the
+    # harmless ones (40 + 40), or 72 + 40 (drawn by seed 0)
+    "dpo-contrast-sft": ("contrast", WITH_SFT_TERM),
+    "dpo-balanced-sft": ("contrast-40", WITH_SFT_TERM),
+    "dpo-72-sft": ("contrast-72", WITH_SFT_TERM),
 }
 # the hand-written answer a contrast pair chooses, by harm level: the CARES score's 1 (at harm 1 the
 # Caution, the more helpful of the two that score 1)
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> None:
         rows = training_rows(kind, labels, own)
         dataset = data / f"{name}.jsonl"
         dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        config = TrainConfig(method="dpo" if kind == "dpo" or kind.startswith("contrast") else "kto", base_model=str(args.model),
+        config = TrainConfig(method="dpo" if _pairs(kind) else "kto", base_model=str(args.model),
                              dataset=str(dataset), output_dir=str(args.out / "adapters" / name),
                              dtype=args.train_dtype, **{**(_loop_weights(kind, rows) if args.class_weights else {}), **fields})
         began = time.monotonic()
@@ -245,10 +246,15 @@ def run(args: argparse.Namespace) -> None:
         _answer(args, name, config.output_dir, started)
 
 
+def _pairs(kind: str) -> bool:
+    """Whether rows of this kind are DPO pairs (else KTO rows)."""
+    return kind == "dpo" or kind.startswith("contrast")
+
+
 def _loop_weights(kind: str, rows: list[dict]) -> dict[str, float]:
     from retrain.datasets import kto_weights
 
-    if kind == "dpo" or kind.startswith("contrast"):
+    if _pairs(kind):
         return {}
     desirable = sum(row["label"] for row in rows)
     weights = kto_weights(desirable, len(rows) - desirable)
