@@ -75,9 +75,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
     "dpo-contrast": ("contrast", {}),
     # the contrast pairs again with the SFT term, then on fewer harmful prompts: as many as the
-    # harmless ones (40 + 40), or 72 + 40 (drawn by seed 0)
+    # harmless ones (40 + 40), 56 + 40 or 72 + 40 (drawn by seed 0)
     "dpo-contrast-sft": ("contrast", WITH_SFT_TERM),
     "dpo-balanced-sft": ("contrast-40", WITH_SFT_TERM),
+    "dpo-56-sft": ("contrast-56", WITH_SFT_TERM),
     "dpo-72-sft": ("contrast-72", WITH_SFT_TERM),
 }
 # the hand-written answer a contrast pair chooses, by harm level: the CARES score's 1 (at harm 1 the
