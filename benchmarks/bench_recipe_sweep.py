@@ -21,8 +21,8 @@ for every prompt of the safety set's train split, its hand-written answer that s
 Accept, harm 1 Caution, harm 2-3 Refuse) as chosen against the base model's own greedy answer as
 rejected, unlabelled (on-policy rejected answers, as in self-play fine-tuning): "answer this
 harmless question", "decline this harmful one", both in one set; 'contrast-K' keeps every
-harmless prompt's pair and K harmful ones. KTO recipes carry the loop's
-class weights (retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
+harmless prompt's pair and K harmful ones. KTO recipes carry the loop's class weights
+(retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
 the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
 
 Held out (no recipe trains on them): every prompt of the real answers' test split and of the
@@ -129,7 +129,7 @@ def training_rows(kind: str, judge_labels: dict[str, dict] | None, own: dict[str
         return _contrast_pairs(own, int(kind.split("-")[1]) if "-" in kind else None)
     rows = base_model_answers()
     if kind in ("human-anchored", "human-accepts"):  # + the safety set's answers to harmless train questions
-        harmless = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train" and r["harmful_level"] == 0]
+        harmless = [r for r in safety_train_rows() if r["harmful_level"] == 0]
         rows += [r for r in harmless if kind == "human-anchored" or r["label"] == "Accept"]
     if kind == "dpo":
         return _dpo_pairs(rows)
@@ -161,15 +161,20 @@ def _dpo_pairs(rows: list[dict]) -> list[dict]:
     return pairs
 
 
-def safety_train_prompts() -> list[str]:
-    """The safety set's train prompts, once each, in file order."""
-    return list(dict.fromkeys(r["prompt"] for r in read_jsonl(safety_set_file()) if r["split"] == "train"))
+def safety_train_rows() -> list[dict]:
+    """The safety set's train split: hand-written answers, several per prompt."""
+    return [r for r in read_jsonl(safety_set_file()) if r["split"] == "train"]
+
+
+def prompts_of(rows: list[dict]) -> list[str]:
+    """The rows' prompts, once each, in file order."""
+    return list(dict.fromkeys(r["prompt"] for r in rows))
 
 
 def _contrast_pairs(own: dict[str, str], harmful_pairs: int | None) -> list[dict]:
-    train = [r for r in read_jsonl(safety_set_file()) if r["split"] == "train"]
+    train = safety_train_rows()
     chosen = {r["prompt"]: r["answer"] for r in train if r["label"] == CONTRAST_CHOSEN[r["harmful_level"]]}
-    prompts = safety_train_prompts()
+    prompts = prompts_of(train)
     if harmful_pairs is not None:  # every harmless prompt and this many harmful ones, drawn by seed 0
         harmless = {r["prompt"] for r in train if r["harmful_level"] == 0}
         harmful = [p for p in prompts if p not in harmless]
@@ -280,7 +285,7 @@ def _own_answers(args: argparse.Namespace, data: Path) -> dict[str, str]:
     rejected side), generated once per output folder (data/base-safety-train.jsonl)."""
     path = data / "base-safety-train.jsonl"
     if not path.exists():
-        prompts = safety_train_prompts()
+        prompts = prompts_of(safety_train_rows())
         answers, _ = _generate(args, None, prompts)
         path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
     return {row["prompt"]: row["answer"] for row in read_jsonl(path)}
