@@ -22,29 +22,17 @@ would promote (also non-inferior on erroneous refusal), and the median p.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from serve.cares import safety_score
-
-READINGS = Path(__file__).resolve().parent / "results" / "recipe_sweep_readings.jsonl"
+from benchmarks.bench_recipe_sweep import READINGS, base_readings, people_record, read_jsonl
 
 
 def paired_records() -> tuple[list[dict], list[dict]]:
     """Base and kto-default records (id, harmful_level, answer, label, score) on the same prompts."""
-    rows = [json.loads(line) for line in READINGS.read_text().splitlines() if line.strip()]
-    base = {}
-    for row in rows:  # each base answer's first reading (later rounds re-read some, to measure agreement)
-        if row["recipe"].startswith("base"):
-            base.setdefault(row["item_id"], row)
+    rows = read_jsonl(READINGS)
+    base = base_readings(rows, shipped_labels=False)  # as published: each base answer's first reading
     candidate = {r["item_id"]: r for r in rows if r["recipe"] == "kto-default" and r["item_id"] in base}
     ids = sorted(candidate)
-    return [_record(base[i]) for i in ids], [_record(candidate[i]) for i in ids]
-
-
-def _record(row: dict) -> dict:
-    return {"id": row["item_id"], "harmful_level": row["harmful_level"], "answer": row["answer"],
-            "label": row["label"], "score": safety_score(row["harmful_level"], row["label"])}
+    return [people_record(base[i]) for i in ids], [people_record(candidate[i]) for i in ids]
 
 
 def harmless_kept(base: list[dict], candidate: list[dict]) -> list[dict]:

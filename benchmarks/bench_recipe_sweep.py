@@ -7,6 +7,8 @@
         --judge-labels sweep/judge_labels.jsonl --out sweep/
     # 3. (CPU) judge every answer and compare each candidate with the base model, prompt by prompt
     .venv/bin/python -m benchmarks.bench_recipe_sweep score --judge DIR --runs sweep/
+    # 4. (CPU) every candidate people read (results/recipe_sweep_readings.jsonl), paired with the base
+    .venv/bin/python -m benchmarks.bench_recipe_sweep people [RECIPE ...]
 
 Training rows are the loop's rows on labels it could have: SmolLM2's own answers (the default
 system prompt, greedy or sampled) from serve/data/carecycle_real_answers.jsonl, train and
@@ -21,7 +23,9 @@ for every prompt of the safety set's train split, its hand-written answer that s
 Accept, harm 1 Caution, harm 2-3 Refuse) as chosen against the base model's own greedy answer as
 rejected, unlabelled (on-policy rejected answers, as in self-play fine-tuning): "answer this
 harmless question", "decline this harmful one", both in one set; 'contrast-K' keeps every
-harmless prompt's pair and K harmful ones. KTO recipes carry the loop's class weights
+harmless prompt's pair and K harmful ones; with ``run --cycles N`` a contrast recipe trains N
+cycles, each from the last cycle's adapter with that adapter's own answers as the rejected side
+(as a nightly loop that promoted it would). KTO recipes carry the loop's class weights
 (retrain.datasets.kto_weights); a score of 0.5 (Caution at harm 2) is left out, or labelled as
 the loop's CARECYCLE_CYCLE_HALF_SCORE would label it in the 'half' recipes.
 
@@ -47,6 +51,8 @@ from retrain.evaluation.runner import conversation_for
 from serve.cares import real_answers_file, safety_score, safety_set_file
 
 REAL_ANSWERS = real_answers_file()
+# people's labels of the candidates' answers, rounds of blind reading (LABELLING.md)
+READINGS = Path(__file__).resolve().parent / "results" / "recipe_sweep_readings.jsonl"
 EVAL_TOKENS = 96
 BASE = "base"
 # DPO plus the chosen answers' language-model loss (TRL's 'sft' term, as RPO adds it), 2 epochs
@@ -75,12 +81,17 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "dpo-lr5e-4": ("dpo", {"learning_rate": 5e-4}),
     "dpo-contrast": ("contrast", {}),
     # the contrast pairs again with the SFT term, then on fewer harmful prompts: as many as the
-    # harmless ones (40 + 40), 56 + 40 or 72 + 40 (drawn by seed 0)
+    # harmless ones (40 + 40), 56, 64 or 72 + 40 (drawn by seed 0)
     "dpo-contrast-sft": ("contrast", WITH_SFT_TERM),
     "dpo-balanced-sft": ("contrast-40", WITH_SFT_TERM),
     "dpo-56-sft": ("contrast-56", WITH_SFT_TERM),
+    "dpo-64-sft": ("contrast-64", WITH_SFT_TERM),
     "dpo-72-sft": ("contrast-72", WITH_SFT_TERM),
 }
+# the steep part of the dial again with two more training seeds (LoRA init, shuffling, dropout;
+# the harmful prompts drawn stay seed 0's)
+RECIPES.update({f"dpo-{k}-sft-seed{seed}": (f"contrast-{k}", {**WITH_SFT_TERM, "seed": seed})
+                for k in (56, 64, 72) for seed in (1, 2)})
 # the hand-written answer a contrast pair chooses, by harm level: the CARES score's 1 (at harm 1 the
 # Caution, the more helpful of the two that score 1)
 CONTRAST_CHOSEN = {0: "Accept", 1: "Caution", 2: "Refuse", 3: "Refuse"}
@@ -215,9 +226,6 @@ def _judge(classifier, requests: list[str], answers: list[str], batch: int = 32)
 # ---- run (GPU where there is one) ---------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> None:
-    from retrain.training import TrainConfig
-    from retrain.training.train import main as train
-
     args.out.mkdir(parents=True, exist_ok=True)
     labels = {row["id"]: row for row in read_jsonl(args.judge_labels)} if args.judge_labels else None
     data = args.out / "data"
@@ -234,22 +242,37 @@ def run(args: argparse.Namespace) -> None:
             print(f"{name}: skipped, no --judge-labels", flush=True)
             continue
         own = _own_answers(args, data) if kind.startswith("contrast") else None
-        rows = training_rows(kind, labels, own)
-        dataset = data / f"{name}.jsonl"
-        dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        config = TrainConfig(method="dpo" if _pairs(kind) else "kto", base_model=str(args.model),
-                             dataset=str(dataset), output_dir=str(args.out / "adapters" / name),
-                             dtype=args.train_dtype, **{**(_loop_weights(kind, rows) if args.class_weights else {}), **fields})
-        began = time.monotonic()
-        manifest = train(config)
-        record = {"recipe": name, "rows": kind, "fields": fields, "dataset": manifest["dataset"],
-                  "weights": [config.desirable_weight, config.undesirable_weight],
-                  "final_loss": manifest["final_loss"], "mean_loss": manifest["mean_loss"], "steps": manifest["steps"],
-                  "train_seconds": manifest["train_seconds"], "seconds": round(time.monotonic() - began, 1)}
-        with (args.out / "trainings.jsonl").open("a") as log:
-            log.write(json.dumps(record, default=str) + "\n")
-        print(json.dumps(record, default=str), flush=True)
-        _answer(args, name, config.output_dir, started)
+        adapter = _train(args, name, kind, fields, training_rows(kind, labels, own))
+        _answer(args, name, adapter, started)
+        # contrast pairs again, cycle after cycle, as the nightly loop would run them once promoted:
+        # each from the last cycle's adapter (also the reference), its own answers now the rejected side
+        for cycle in range(2, args.cycles + 1 if kind.startswith("contrast") else 2):
+            own = _own_answers(args, data, adapter)
+            adapter = _train(args, f"{name}-cycle{cycle}", kind, fields, training_rows(kind, labels, own), adapter)
+            _answer(args, f"{name}-cycle{cycle}", adapter, started)
+
+
+def _train(args: argparse.Namespace, name: str, kind: str, fields: dict, rows: list[dict],
+           init_adapter: str | None = None) -> str:
+    """Train one recipe's adapter on its rows (logged to trainings.jsonl); returns its folder."""
+    from retrain.training import TrainConfig
+    from retrain.training.train import main as train
+
+    dataset = args.out / "data" / f"{name}.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = TrainConfig(method="dpo" if _pairs(kind) else "kto", base_model=str(args.model),
+                         dataset=str(dataset), output_dir=str(args.out / "adapters" / name), init_adapter=init_adapter,
+                         dtype=args.train_dtype, **{**(_loop_weights(kind, rows) if args.class_weights else {}), **fields})
+    began = time.monotonic()
+    manifest = train(config)
+    record = {"recipe": name, "rows": kind, "fields": fields, "dataset": manifest["dataset"],
+              "init_adapter": init_adapter, "weights": [config.desirable_weight, config.undesirable_weight],
+              "final_loss": manifest["final_loss"], "mean_loss": manifest["mean_loss"], "steps": manifest["steps"],
+              "train_seconds": manifest["train_seconds"], "seconds": round(time.monotonic() - began, 1)}
+    with (args.out / "trainings.jsonl").open("a") as log:
+        log.write(json.dumps(record, default=str) + "\n")
+    print(json.dumps(record, default=str), flush=True)
+    return config.output_dir
 
 
 def _pairs(kind: str) -> bool:
@@ -280,13 +303,14 @@ def _answer(args: argparse.Namespace, name: str, adapter: str | None, started: f
           f"(at {time.monotonic() - started:.0f} s)", flush=True)
 
 
-def _own_answers(args: argparse.Namespace, data: Path) -> dict[str, str]:
-    """The base model's greedy answers to the safety set's train prompts (the contrast pairs'
-    rejected side), generated once per output folder (data/base-safety-train.jsonl)."""
-    path = data / "base-safety-train.jsonl"
+def _own_answers(args: argparse.Namespace, data: Path, adapter: str | None = None) -> dict[str, str]:
+    """The base model's (or an adapter's) greedy answers to the safety set's train prompts (the
+    contrast pairs' rejected side), generated once per output folder (data/base-safety-train.jsonl,
+    data/<adapter>-safety-train.jsonl)."""
+    path = data / f"{Path(adapter).name if adapter else BASE}-safety-train.jsonl"
     if not path.exists():
         prompts = prompts_of(safety_train_rows())
-        answers, _ = _generate(args, None, prompts)
+        answers, _ = _generate(args, adapter, prompts)
         path.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in zip(prompts, answers)))
     return {row["prompt"]: row["answer"] for row in read_jsonl(path)}
 
@@ -348,6 +372,55 @@ def score(args: argparse.Namespace) -> None:
     (args.runs / "scores.json").write_text(json.dumps({"comparisons": table, "records": records}, default=str))
 
 
+# ---- people (CPU) -------------------------------------------------------------------------------
+
+def people(args: argparse.Namespace) -> None:
+    """Every candidate people read, paired with the base model on their labels by the gate's compare."""
+    from retrain.gate import GatePolicy, compare
+
+    rows = read_jsonl(READINGS)
+    base = base_readings(rows)
+    candidates: dict[str, dict] = defaultdict(dict)
+    for row in rows:
+        if not row["recipe"].startswith(BASE) and row["item_id"] in base:
+            candidates[row["recipe"]].setdefault(row["item_id"], row)
+    print("| candidate | n | Δ Safety Score [90 %] | p | detection | erroneous refusal (upper bound of the rise) | "
+          "harmless Accept / Refuse | harm 2–3 Accept |")
+    print("|---|---|---|---|---|---|---|---|")
+    before = [people_record(base[i]) for i in sorted(base)]
+    for name in args.recipes or candidates:
+        after = [people_record(candidates[name][i]) for i in sorted(base)]
+        c = compare(before, after, GatePolicy())
+        refusal = c.erroneous_refusal
+        harmless = [r["label"] for r in after if r["harmful_level"] == 0]
+        complied = sum(r["label"] == "Accept" for r in after if r["harmful_level"] >= 2)
+        print(f"| {name} | {c.n} | {c.mean_difference:+.3f} [{c.interval['low']:+.3f}, {c.interval['high']:+.3f}] | "
+              f"{c.p_value:.4f} | {c.detection['before']:.3f} → {c.detection['after']:.3f} | {refusal['before']:.3f} → "
+              f"{refusal['after']:.3f} ({refusal['rise_upper']:+.2f}) | {harmless.count('Accept')} / "
+              f"{harmless.count('Refuse')} | {complied} |")
+
+
+def base_readings(rows: list[dict], shipped_labels: bool = True) -> dict[str, dict]:
+    """The base model's labelled answers by item: each answer's first reading (later rounds re-read
+    some to measure agreement); with ``shipped_labels`` the real answers' test prompts labelled as
+    the data file ships them (as the sweep's figures from round 5 on; bench_gate_power's are without)."""
+    base: dict[str, dict] = {}
+    for row in rows:
+        if row["recipe"].startswith(BASE):
+            base.setdefault(row["item_id"], row)
+    if not shipped_labels:
+        return base
+    shipped = {r["prompt"]: r["label"] for r in read_jsonl(REAL_ANSWERS)
+               if r["adapter"] is None and r["decoding"] == "greedy"}
+    return {i: dict(row, label=shipped[row["prompt"]]) if row["source"] == "real" else row for i, row in base.items()}
+
+
+def people_record(row: dict) -> dict:
+    """A readings row as the gate's per-item record (id, harmful_level, answer, label, score)."""
+    return {"id": row["item_id"], "harmful_level": row["harmful_level"], "answer": row["answer"],
+            "label": row["label"], "score": safety_score(row["harmful_level"], row["label"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -365,12 +438,16 @@ def main() -> None:
     runner.add_argument("--no-base", action="store_true", help="skip the base model's answers (another run has them)")
     runner.add_argument("--batch-size", type=int, default=64)
     runner.add_argument("--train-dtype", default="float32", help="TrainConfig.dtype (float32: as on the CPU)")
+    runner.add_argument("--cycles", type=int, default=1,
+                        help="contrast recipes: train this many cycles, each from the last one's adapter")
     runner.add_argument("--deadline-s", type=float, default=1e9, help="start no recipe after this many seconds")
     scorer = commands.add_parser("score", help="judge the answers; paired comparison with the base model")
     scorer.add_argument("--judge", type=Path, required=True)
     scorer.add_argument("--runs", type=Path, required=True)
+    reader = commands.add_parser("people", help="the candidates people read, paired with the base on their labels")
+    reader.add_argument("recipes", nargs="*", help="candidate names in the readings file (default: all)")
     args = parser.parse_args()
-    {"judge-labels": judge_labels, "run": run, "score": score}[args.command](args)
+    {"judge-labels": judge_labels, "run": run, "score": score, "people": people}[args.command](args)
 
 
 if __name__ == "__main__":
