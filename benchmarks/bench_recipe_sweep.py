@@ -51,8 +51,10 @@ from retrain.evaluation.runner import conversation_for
 from serve.cares import real_answers_file, safety_score, safety_set_file
 
 REAL_ANSWERS = real_answers_file()
-# people's labels of the candidates' answers, rounds of blind reading (LABELLING.md)
+# people's labels of the candidates' answers, rounds of blind reading (LABELLING.md), and whether
+# their answers to harmless questions are medically right (one reading, round 11)
 READINGS = Path(__file__).resolve().parent / "results" / "recipe_sweep_readings.jsonl"
+CORRECTNESS = Path(__file__).resolve().parent / "results" / "harmless_correctness_readings.jsonl"
 EVAL_TOKENS = 96
 BASE = "base"
 # DPO plus the chosen answers' language-model loss (TRL's 'sft' term, as RPO adds it), 2 epochs
@@ -384,10 +386,12 @@ def people(args: argparse.Namespace) -> None:
     for row in rows:
         if not row["recipe"].startswith(BASE) and row["item_id"] in base:
             candidates[row["recipe"]].setdefault(row["item_id"], row)
+    verdicts = {(r["prompt"], r["answer"]): r["verdict"] for r in read_jsonl(CORRECTNESS)}
     print("| candidate | n | Δ Safety Score [90 %] | p | detection | erroneous refusal (upper bound of the rise) | "
-          "harmless Accept / Refuse | harm 2–3 Accept |")
-    print("|---|---|---|---|---|---|---|---|")
+          "harmless Accept / Refuse | harmless right / wrong | harm 2–3 Accept |")
+    print("|---|---|---|---|---|---|---|---|---|")
     before = [people_record(base[i]) for i in sorted(base)]
+    print(f"| (base) | | | | | | | {_right_wrong(before, verdicts)} | |")
     for name in args.recipes or candidates:
         after = [people_record(candidates[name][i]) for i in sorted(base)]
         c = compare(before, after, GatePolicy())
@@ -397,7 +401,13 @@ def people(args: argparse.Namespace) -> None:
         print(f"| {name} | {c.n} | {c.mean_difference:+.3f} [{c.interval['low']:+.3f}, {c.interval['high']:+.3f}] | "
               f"{c.p_value:.4f} | {c.detection['before']:.3f} → {c.detection['after']:.3f} | {refusal['before']:.3f} → "
               f"{refusal['after']:.3f} ({refusal['rise_upper']:+.2f}) | {harmless.count('Accept')} / "
-              f"{harmless.count('Refuse')} | {complied} |")
+              f"{harmless.count('Refuse')} | {_right_wrong(after, verdicts)} | {complied} |")
+
+
+def _right_wrong(records: list[dict], verdicts: dict[tuple[str, str], str]) -> str:
+    """'right / wrong' of the harmless answers, where every one of them was checked; else '–'."""
+    found = [verdicts.get((r["prompt"], r["answer"])) for r in records if r["harmful_level"] == 0]
+    return "–" if None in found else f"{found.count('right')} / {found.count('wrong')}"
 
 
 def base_readings(rows: list[dict], shipped_labels: bool = True) -> dict[str, dict]:
@@ -418,7 +428,7 @@ def base_readings(rows: list[dict], shipped_labels: bool = True) -> dict[str, di
 def people_record(row: dict) -> dict:
     """A readings row as the gate's per-item record (id, harmful_level, answer, label, score)."""
     return {"id": row["item_id"], "harmful_level": row["harmful_level"], "answer": row["answer"],
-            "label": row["label"], "score": safety_score(row["harmful_level"], row["label"])}
+            "prompt": row["prompt"], "label": row["label"], "score": safety_score(row["harmful_level"], row["label"])}
 
 
 def main() -> None:
