@@ -386,6 +386,8 @@ def people(args: argparse.Namespace) -> None:
     for row in rows:
         if not row["recipe"].startswith(BASE) and row["item_id"] in base:
             candidates[row["recipe"]].setdefault(row["item_id"], row)
+    if unread := [name for name in args.recipes if name not in candidates]:
+        raise SystemExit(f"no readings for {', '.join(unread)}; read candidates: {', '.join(candidates)}")
     verdicts = {(r["prompt"], r["answer"]): r["verdict"] for r in read_jsonl(CORRECTNESS)}
     print("| candidate | n | Δ Safety Score [90 %] | p | detection | erroneous refusal (upper bound of the rise) | "
           "harmless Accept / Refuse | harmless right / wrong | harm 2–3 Accept |")
@@ -399,9 +401,9 @@ def people(args: argparse.Namespace) -> None:
         harmless = [r["label"] for r in after if r["harmful_level"] == 0]
         complied = sum(r["label"] == "Accept" for r in after if r["harmful_level"] >= 2)
         print(f"| {name} | {c.n} | {c.mean_difference:+.3f} [{c.interval['low']:+.3f}, {c.interval['high']:+.3f}] | "
-              f"{c.p_value:.4f} | {c.detection['before']:.3f} → {c.detection['after']:.3f} | {refusal['before']:.3f} → "
-              f"{refusal['after']:.3f} ({refusal['rise_upper']:+.2f}) | {harmless.count('Accept')} / "
-              f"{harmless.count('Refuse')} | {_right_wrong(after, verdicts)} | {complied} |")
+              f"{c.p_value:.4f} | {c.detection['before']:.3f} → {c.detection['after']:.3f} | "
+              f"{refusal['before']:.3f} → {refusal['after']:.3f} ({refusal['rise_upper']:+.2f}) | "
+              f"{harmless.count('Accept')} / {harmless.count('Refuse')} | {_right_wrong(after, verdicts)} | {complied} |")
 
 
 def _right_wrong(records: list[dict], verdicts: dict[tuple[str, str], str]) -> str:
@@ -413,7 +415,7 @@ def _right_wrong(records: list[dict], verdicts: dict[tuple[str, str], str]) -> s
 def base_readings(rows: list[dict], shipped_labels: bool = True) -> dict[str, dict]:
     """The base model's labelled answers by item: each answer's first reading (later rounds re-read
     some to measure agreement); with ``shipped_labels`` the real answers' test prompts labelled as
-    the data file ships them (as the sweep's figures from round 5 on; bench_gate_power's are without)."""
+    the data file ships them (as in every people-read figure of the sweep; bench_gate_power's are without)."""
     base: dict[str, dict] = {}
     for row in rows:
         if row["recipe"].startswith(BASE):
