@@ -1,0 +1,88 @@
+"""Does the finetuned judge agree with people on adapters' answers, and does training it on them help?
+
+    .venv/bin/python -m benchmarks.bench_judge_adapters --judge DIR      # DIR: a judge version to compare
+
+The recipe sweep's people-read answers (results/recipe_sweep_readings.jsonl: the base model's and
+every candidate adapter's answers to the sweep's held-out prompts, rounds 1-10), each distinct
+text once with its first reading, split by prompt: answers to the safety set's and the real
+answers' *test* prompts measure; the rest (the safety set's validation prompts, and the real
+answers' train and validation prompts that two candidates also answered) are trained on. A new judge version is trained as `carecycle judge train` trains one (the shipped
+labelled files, calibrated on their validation split) with the trained-on part as one more
+labelled file, in a temporary folder; then both judges — the one named and the new one — are
+measured on the held-out part, overall and for the base model's answers and the adapters' apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from benchmarks.bench_recipe_sweep import BASE, READINGS, read_jsonl
+from serve.cares import real_answers_file, safety_set_file
+
+PEOPLE_FILE = "people_read_sweep_answers.jsonl"
+WRITERS = {"adapter": "adapters' answers", BASE: "the base model's answers", None: "all"}
+
+
+def split_by_prompt(rows: list[dict]) -> list[dict]:
+    """Each distinct (prompt, answer) once, first reading, with a judge split from its prompt's:
+    the safety set's and the real answers' test prompts → test (held out), every other → train."""
+    test = {r["prompt"] for file in (safety_set_file(), real_answers_file()) for r in read_jsonl(file)
+            if r["split"] == "test"}
+    texts: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        texts.setdefault((row["prompt"], row["answer"]), {
+            "prompt": row["prompt"], "answer": row["answer"], "label": row["label"],
+            "harmful_level": row["harmful_level"], "split": "test" if row["prompt"] in test else "train",
+            "writer": BASE if row["recipe"].startswith(BASE) else "adapter"})
+    return list(texts.values())
+
+
+def agreement(figures: dict) -> str:
+    """A judge's agreement with people, on the items it did not abstain on and on every item."""
+    return (f"accuracy {figures['accuracy']:.3f}, κ {figures['kappa']:.3f} on {figures['items']} not abstained "
+            f"(abstained {figures['abstention_rate']:.2f}); every item: accuracy {figures['all_items']['accuracy']:.3f}")
+
+
+def main() -> None:
+    from serve.judges.cross_encoder import CrossEncoderConfig
+    from serve.judges.finetuned import load_classifier
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--judge", type=Path, required=True, help="a finetuned judge version folder to compare")
+    parser.add_argument("--epochs", type=int, default=CrossEncoderConfig.epochs)
+    parser.add_argument("--keep", type=Path, help="train the new judge here and keep it (default: a temp folder)")
+    parser.add_argument("--no-train", action="store_true", help="measure the named judge only")
+    args = parser.parse_args()
+    rows = split_by_prompt(read_jsonl(READINGS))
+    held_out = [r for r in rows if r["split"] == "test"]
+    print(f"{len(rows)} distinct people-read answers: {len(rows) - len(held_out)} to train on, "
+          f"{len(held_out)} held out ({sum(r['writer'] == 'adapter' for r in held_out)} by adapters)")
+    judges = {f"named judge ({args.judge.name})": load_classifier(args.judge)}
+    with tempfile.TemporaryDirectory() as scratch:
+        if not args.no_train:
+            judges["new judge"] = _train_new(rows, args.keep or Path(scratch), Path(scratch), args.epochs)
+        for writer in ("adapter", BASE, None):
+            part = [r for r in held_out if writer in (None, r["writer"])]
+            print(f"held out, {WRITERS[writer]} ({len(part)}):")
+            for name, judge in judges.items():
+                print(f"  {name}: {agreement(judge.figures(part))}")
+
+
+def _train_new(rows: list[dict], out_root: Path, scratch: Path, epochs: int):
+    """A judge trained as `carecycle judge train` trains one, the people-read file beside the shipped ones."""
+    from serve.judges.cross_encoder import CrossEncoderConfig
+    from serve.judges.finetuned import labelled_files, load_classifier, train_judge
+
+    people = scratch / PEOPLE_FILE
+    people.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trained = train_judge(out_root, files=[*labelled_files(), people], config=CrossEncoderConfig(epochs=epochs))
+    print(f"new judge: {trained['data']['label_rows']} label rows, {trained['train_seconds']} s; "
+          f"shipped validation: {agreement(trained['metrics']['validation'])}")
+    return load_classifier(Path(trained["path"]))
+
+
+if __name__ == "__main__":
+    main()
