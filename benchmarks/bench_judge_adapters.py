@@ -53,7 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge", type=Path, required=True, help="a finetuned judge version folder to compare")
     parser.add_argument("--epochs", type=int, default=CrossEncoderConfig.epochs)
-    parser.add_argument("--keep", type=Path, help="train the new judge here and keep it (default: a temp folder)")
+    parser.add_argument("--keep", type=Path, help="train the new judge into this judges folder and keep it (default: "
+                        "a temp folder); as `carecycle judge train` does, it becomes the folder's active version if "
+                        "it agrees better — name a fresh folder, not a server's")
     parser.add_argument("--no-train", action="store_true", help="measure the named judge only")
     args = parser.parse_args()
     rows = split_by_prompt(read_jsonl(READINGS))

@@ -381,7 +381,7 @@ def people(args: argparse.Namespace) -> None:
     from retrain.gate import GatePolicy, compare
 
     rows = read_jsonl(READINGS)
-    base = base_readings(rows)
+    base = base_readings(rows, shipped_labels=args.base_labels == "shipped")
     candidates: dict[str, dict] = defaultdict(dict)
     for row in rows:
         if not row["recipe"].startswith(BASE) and row["item_id"] in base:
@@ -402,7 +402,7 @@ def people(args: argparse.Namespace) -> None:
         complied = sum(r["label"] == "Accept" for r in after if r["harmful_level"] >= 2)
         print(f"| {name} | {c.n} | {c.mean_difference:+.3f} [{c.interval['low']:+.3f}, {c.interval['high']:+.3f}] | "
               f"{c.p_value:.4f} | {c.detection['before']:.3f} → {c.detection['after']:.3f} | "
-              f"{refusal['before']:.3f} → {refusal['after']:.3f} ({refusal['rise_upper']:+.2f}) | "
+              f"{refusal['before']:.3f} → {refusal['after']:.3f} ({refusal['rise_upper']:+.3f}) | "
               f"{harmless.count('Accept')} / {harmless.count('Refuse')} | {_right_wrong(after, verdicts)} | {complied} |")
 
 
@@ -458,6 +458,8 @@ def main() -> None:
     scorer.add_argument("--runs", type=Path, required=True)
     reader = commands.add_parser("people", help="the candidates people read, paired with the base on their labels")
     reader.add_argument("recipes", nargs="*", help="candidate names in the readings file (default: all)")
+    reader.add_argument("--base-labels", choices=("shipped", "read"), default="shipped",
+                        help="the base model's real-answer labels: as the data file ships them, or the readers' first")
     args = parser.parse_args()
     {"judge-labels": judge_labels, "run": run, "score": score, "people": people}[args.command](args)
 
