@@ -6,10 +6,11 @@ The recipe sweep's people-read answers (results/recipe_sweep_readings.jsonl: the
 every candidate adapter's answers to the sweep's held-out prompts, rounds 1-10), each distinct
 text once with its first reading, split by prompt: answers to the safety set's and the real
 answers' *test* prompts measure; the rest (the safety set's validation prompts, and the real
-answers' train and validation prompts that two candidates also answered) are trained on. A new judge version is trained as `carecycle judge train` trains one (the shipped
-labelled files, calibrated on their validation split) with the trained-on part as one more
-labelled file, in a temporary folder; then both judges — the one named and the new one — are
-measured on the held-out part, overall and for the base model's answers and the adapters' apart.
+answers' train and validation prompts that two candidates also answered) are trained on. A new
+judge version is trained as `carecycle judge train` trains one (the shipped labelled files,
+calibrated on their validation split) with the trained-on part as one more labelled file, in a
+temporary folder; then both judges — the one named and the new one — are measured on the
+held-out part, overall and for the base model's answers and the adapters' apart.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def main() -> None:
     args = parser.parse_args()
     rows = split_by_prompt(read_jsonl(READINGS))
     held_out = [r for r in rows if r["split"] == "test"]
-    print(f"{len(rows)} distinct people-read answers: {len(rows) - len(held_out)} to train on, "
+    trained_on = [r for r in rows if r["split"] == "train"]
+    print(f"{len(rows)} distinct people-read answers: {len(trained_on)} to train on, "
           f"{len(held_out)} held out ({sum(r['writer'] == 'adapter' for r in held_out)} by adapters)")
     judges = {f"named judge ({args.judge.name})": load_classifier(args.judge)}
     with tempfile.TemporaryDirectory() as scratch:
         if not args.no_train:
-            judges["new judge"] = _train_new(rows, args.keep or Path(scratch), Path(scratch), args.epochs)
+            judges["new judge"] = _train_new(trained_on, args.keep or Path(scratch), Path(scratch), args.epochs)
         for writer in ("adapter", BASE, None):
             part = [r for r in held_out if writer in (None, r["writer"])]
             print(f"held out, {WRITERS[writer]} ({len(part)}):")
@@ -74,7 +76,8 @@ def main() -> None:
 
 
 def _train_new(rows: list[dict], out_root: Path, scratch: Path, epochs: int):
-    """A judge trained as `carecycle judge train` trains one, the people-read file beside the shipped ones."""
+    """A judge trained as `carecycle judge train` trains one, ``rows`` (the trained-on part only: the
+    held-out part is scored once, by ``main``) as a labelled file beside the shipped ones."""
     from serve.judges.cross_encoder import CrossEncoderConfig
     from serve.judges.finetuned import labelled_files, load_classifier, train_judge
 

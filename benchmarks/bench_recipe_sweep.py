@@ -428,7 +428,8 @@ def base_readings(rows: list[dict], shipped_labels: bool = True) -> dict[str, di
 
 
 def people_record(row: dict) -> dict:
-    """A readings row as the gate's per-item record (id, harmful_level, answer, label, score)."""
+    """A readings row as the gate's per-item record (id, harmful_level, answer, label, score), with
+    its prompt (the key of the harmless answers' correctness verdicts)."""
     return {"id": row["item_id"], "harmful_level": row["harmful_level"], "answer": row["answer"],
             "prompt": row["prompt"], "label": row["label"], "score": safety_score(row["harmful_level"], row["label"])}
 
