@@ -12,6 +12,11 @@ polled through the admin API, then the active adapter evaluated on the *test* sp
 eval`). Printed per cycle: labels and their sources, KTO anchor rows, pairs per source and why best-of-N requests
 gave none, training losses, the gate's decision with its evidence where the record has it, and
 the active adapter's test-split metrics with the Safety Score's interval.
+
+`--resume DIR` goes on with a run kept with `--keep` (or one whose process died): its record
+says how many chats were sent and how many cycles trained and finished (a cycle the dead server
+left running is marked interrupted when the server starts again, and is run again here, without
+sending its chats twice).
 """
 
 from __future__ import annotations
@@ -89,6 +94,23 @@ def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     sys.exit("the server did not answer /healthz within 600 s")
 
 
+def chats_sent(data_dir: Path) -> int:
+    """Conversations already in the record (0 for a new data directory)."""
+    import duckdb
+
+    database = data_dir / "carecycle.duckdb"
+    if not database.exists():
+        return 0
+    with duckdb.connect(str(database), read_only=True) as conn:
+        return conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
+
+
+def cycles_done(http: httpx.Client, admin: dict[str, str]) -> int:
+    """Cycles that trained and finished (one skipped, failed or interrupted is to be run again)."""
+    cycles = http.get("/api/admin/cycles", headers=admin, params={"limit": 1000}).json()["data"]
+    return sum(c["status"] not in ("failed", "interrupted") and "train" in (c["detail"] or {}) for c in cycles)
+
+
 def send_traffic(http: httpx.Client, user_key: str, prompts: list[str]) -> int:
     answered = 0
     for prompt in prompts:
@@ -121,6 +143,19 @@ def evaluate_active(env: dict[str, str], args: argparse.Namespace, folder: str, 
     carecycle(env, "eval", "--adapter", folder, "--split", "test", "--max-tokens", str(args.max_tokens),
               "--out", str(out), *limit)
     return json.loads((out / "results.json").read_text())["metrics"]
+
+
+def print_judge(args: argparse.Namespace, data_dir: Path) -> None:
+    """The judge's agreement with its labelled validation split, as its training measured it."""
+    from serve.judges.finetuned import resolve_classifier
+
+    folder = Path(resolve_classifier(args.judge_classifier, data_dir / "judges"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    figures = manifest["metrics"]["validation"]
+    print(f"judge {manifest['version']} ({folder}): on its validation split accuracy {fmt(figures['accuracy'])}, "
+          f"κ {fmt(figures['kappa'])}, harm-level accuracy {fmt(figures['harm_accuracy'])}, abstained "
+          f"{fmt(figures['abstention_rate'])} of {figures['items'] + figures['abstained']}; on adapters' answers "
+          "read by people see `python -m benchmarks.bench_judge_adapters --judge` this folder", flush=True)
 
 
 def fmt(value: Any) -> str:
@@ -181,41 +216,47 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP threads of every process")
     parser.add_argument("--cycle-timeout", type=float, default=6 * 3600)
     parser.add_argument("--keep", action="store_true", help="keep the data directory (its path is printed)")
+    parser.add_argument("--resume", type=Path, metavar="DIR",
+                        help="go on with the run in this data directory (same arguments; it is kept)")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="carecycle-loop-"))
+    data_dir = args.resume or Path(tempfile.mkdtemp(prefix="carecycle-loop-"))
+    sent, run_stamp = chats_sent(data_dir), time.strftime("%Y%m%d%H%M%S")
     port = free_port()
     env = server_env(args, data_dir, port)
     if not args.judge_classifier:
         carecycle(env, "judge", "train", "--if-missing")
-    admin_key = re.search(r"API key \(shown once\): (\S+)", carecycle(env, "users", "create", "bench-admin",
-                                                                        "--role", "admin")).group(1)
+    admin_key = re.search(r"API key \(shown once\): (\S+)", carecycle(
+        env, "users", "create", f"bench-admin-{run_stamp}", "--role", "admin")).group(1)
     admin = {"Authorization": f"Bearer {admin_key}"}
     print(f"data dir {data_dir}; server on port {port}; log {data_dir / 'server.log'}", flush=True)
+    print_judge(args, data_dir)
     server = start_server(env, port, data_dir / "server.log")
     prompts = train_prompts()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-            user_key = http.post("/api/admin/users", headers=admin, json={"id": "bench-user", "role": "user"}
-                                 ).json()["api_key"]
+            user_key = http.post("/api/admin/users", headers=admin,
+                                 json={"id": f"bench-user-{run_stamp}", "role": "user"}).json()["api_key"]
+            first = cycles_done(http, admin) + 1
             name, folder = active_folder(http, admin)
-            print_metrics(name, evaluate_active(env, args, folder, data_dir / "eval-0"))
-            for number in range(1, args.cycles + 1):
-                start = (number - 1) * args.chats
-                batch = [prompts[(start + i) % len(prompts)] for i in range(args.chats)]
+            print_metrics(name, evaluate_active(env, args, folder, data_dir / f"eval-{first - 1}-{run_stamp}"))
+            for number in range(first, args.cycles + 1):
+                batch = [prompts[i % len(prompts)] for i in range(sent, number * args.chats)]
                 answered = send_traffic(http, user_key, batch)
+                sent += len(batch)
                 time.sleep(5)  # live judging runs right after each answer
-                print(f"cycle {number}: {answered}/{len(batch)} chats answered", flush=True)
+                print(f"cycle {number}: {answered}/{len(batch)} chats answered"
+                      + (f" ({sent - len(batch)} sent before)" if sent > len(batch) else ""), flush=True)
                 started = time.monotonic()
                 record = run_cycle(http, admin, args.cycle_timeout)
                 print_cycle(number, record)
                 print(f"  cycle took {time.monotonic() - started:.0f} s", flush=True)
                 name, folder = active_folder(http, admin)
-                print_metrics(name, evaluate_active(env, args, folder, data_dir / f"eval-{number}"))
+                print_metrics(name, evaluate_active(env, args, folder, data_dir / f"eval-{number}-{run_stamp}"))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-        if not args.keep:
+        if not (args.keep or args.resume):
             shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -249,6 +249,9 @@ def run(args: argparse.Namespace) -> None:
         # contrast pairs again, cycle after cycle, as the nightly loop would run them once promoted:
         # each from the last cycle's adapter (also the reference), its own answers now the rejected side
         for cycle in range(2, args.cycles + 1 if kind.startswith("contrast") else 2):
+            if time.monotonic() - started > args.deadline_s:
+                print(f"{name}-cycle{cycle} and later: skipped, past --deadline-s", flush=True)
+                break
             own = _own_answers(args, data, adapter)
             adapter = _train(args, f"{name}-cycle{cycle}", kind, fields, training_rows(kind, labels, own), adapter)
             _answer(args, f"{name}-cycle{cycle}", adapter, started)
@@ -386,15 +389,17 @@ def people(args: argparse.Namespace) -> None:
     for row in rows:
         if not row["recipe"].startswith(BASE) and row["item_id"] in base:
             candidates[row["recipe"]].setdefault(row["item_id"], row)
-    if unread := [name for name in args.recipes if name not in candidates]:
-        raise SystemExit(f"no readings for {', '.join(unread)}; read candidates: {', '.join(candidates)}")
+    whole = [name for name, read in candidates.items() if len(read) == len(base)]
+    if unread := [name for name in args.recipes if name not in whole]:
+        raise SystemExit(f"not every item read for {', '.join(unread)} (the gate pairs all {len(base)}); "
+                         f"candidates read whole: {', '.join(whole)}")
     verdicts = {(r["prompt"], r["answer"]): r["verdict"] for r in read_jsonl(CORRECTNESS)}
     print("| candidate | n | Δ Safety Score [90 %] | p | detection | erroneous refusal (upper bound of the rise) | "
           "harmless Accept / Refuse | harmless right / wrong | harm 2–3 Accept |")
     print("|---|---|---|---|---|---|---|---|---|")
     before = [people_record(base[i]) for i in sorted(base)]
     print(f"| (base) | | | | | | | {_right_wrong(before, verdicts)} | |")
-    for name in args.recipes or candidates:
+    for name in args.recipes or whole:
         after = [people_record(candidates[name][i]) for i in sorted(base)]
         c = compare(before, after, GatePolicy())
         refusal = c.erroneous_refusal

@@ -173,11 +173,12 @@ class RegistryRecord:
         return _decoded(rows[0])
 
     def signal_since_last_cycle(self) -> int:
-        """New labelled signal (votes, judgments, verdicts) since the last cycle that trained
-        (a cycle skipped for too little signal does not reset the count)."""
+        """New labelled signal (votes, judgments, verdicts) since the last cycle that trained and
+        finished (a cycle skipped for too little signal does not reset the count, nor does one that
+        failed or was interrupted: its candidates were rejected, so its signal is still unused)."""
         return self.store.read_one(
             """WITH since AS (SELECT coalesce(max(started_at), TIMESTAMPTZ '1970-01-01') AS t FROM cycles
-                              WHERE (detail -> 'train') IS NOT NULL)
+                              WHERE (detail -> 'train') IS NOT NULL AND status NOT IN ('failed', 'interrupted'))
                SELECT (SELECT count(*) FROM feedback, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM judgments, since WHERE created_at > since.t)
                     + (SELECT count(*) FROM reviews, since WHERE created_at > since.t)""")[0]

@@ -265,10 +265,18 @@ def test_the_cycle_record_and_rejections_run_on_both_backends(any_store):
 
     registry.register("kto-1", None, "kto", "/a/kto-1", "sum", "base", "snap", ["a1"])
     registry.reject("kto-1", "worse than the active one")
+    asyncio.run(ChatRecord(any_store).start_turn("u1", "conv-2", "another question"))
+    any_store.write(lambda conn: conn.execute(
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content) SELECT 'a2', 'conv-2', id, 'assistant', 'y'"
+        " FROM messages WHERE conversation_id = 'conv-2'"))
+    asyncio.run(ChatRecord(any_store).vote("u1", "a2", "down", None, None))
     registry.start_cycle("cyc-2", "test")
+    registry.record_step("cyc-2", "train", {"dpo": {"status": "training", "step": 1, "loss": 1.5}})
     registry.register("dpo-2", None, "dpo", "/a/dpo-2", "sum", "base", "snap", ["a1"])
     registry.set_metrics("dpo-2", {"loss": 1.5})
     assert registry.interrupt_running() == ["cyc-2"]
+    # the interrupted cycle trained but its candidates were rejected: its signal is still new
+    assert registry.signal_since_last_cycle() == 1
     assert [(a["version"], a["status"], json.loads(a["metrics"])) for a in registry.adapters()] == [
         ("dpo-2", "rejected", {"loss": 1.5, "rejected_because": "cycle cyc-2 was interrupted"}),
         ("kto-1", "rejected", {"rejected_because": "worse than the active one"})]
