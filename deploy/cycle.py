@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from feedback.errors import CarecycleError, ConflictError
+from feedback.errors import CarecycleError, ConflictError, NotFoundError
 from feedback.registry_record import RegistryRecord, candidate_version
 from feedback.store import Store
 from retrain.datasets.build import BuildConfig, abuild_datasets
@@ -135,6 +135,24 @@ class Cycle:
         self.registry.start_cycle(cycle_id, trigger, actor)
         self.running = cycle_id
         return cycle_id
+
+    def discard_leftover_snapshots(self) -> list[str]:
+        """Remove the snapshot folders of cycles not running (a dead predecessor's: its cycle never
+        reached the step that removes them). They hold unscrubbed transcripts that retention and
+        deletion requests do not see. Returns those cycles' ids."""
+        leftovers = []
+        for snapshot in sorted((self.data_dir / "cycles").glob("*/snapshot")):
+            cycle_id = snapshot.parent.name
+            if cycle_id != self.running and not self._running_in_record(cycle_id):
+                shutil.rmtree(snapshot, ignore_errors=True)
+                leftovers.append(cycle_id)
+        return leftovers
+
+    def _running_in_record(self, cycle_id: str) -> bool:
+        try:
+            return self.registry.cycle(cycle_id)["status"] == "running"
+        except NotFoundError:  # a folder the record does not know: nothing owns it
+            return False
 
     # -- the steps -------------------------------------------------------------------
     async def _run(self, cycle_id: str, methods: tuple[str, ...], train_only: bool = False) -> None:

@@ -65,11 +65,13 @@ class Jobs:
 
 def start_jobs(settings: Settings, cycle: Cycle, requests: CycleRequests | None = None) -> Jobs:
     """The one-per-record jobs: first mark the cycles a dead predecessor left running as
-    interrupted, then the nightly schedule, retention and (``requests``) the cycles admins ask
+    interrupted and remove their snapshots, then the nightly schedule, retention and (``requests``) the cycles admins ask
     for through replicas that run none."""
     interrupted = cycle.registry.interrupt_running()
     if interrupted:
         log.warning("marked interrupted: %s", ", ".join(interrupted))
+    if leftovers := cycle.discard_leftover_snapshots():
+        log.warning("removed the unscrubbed snapshots of cycles %s", ", ".join(leftovers))
     jobs = Jobs(scheduler=start_scheduler(cycle, settings) if settings.cycle_enabled else None)
     jobs.tasks.append(asyncio.create_task(enforce_retention(settings, cycle.store)))
     if requests is not None:

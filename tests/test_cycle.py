@@ -217,8 +217,13 @@ def test_an_interrupted_cycle_is_marked_on_restart(cycle_settings, tiny_engine):
         registry.start_cycle("cyc-killed", "schedule")
         for cycle_id in ("cyc-killed", "cyc-other"):  # a candidate of the killed cycle, one of another
             registry.register(candidate_version("kto", cycle_id), None, "kto", "/nowhere", "0", "base", "snap", [])
+    killed = cycle_settings.data_dir / "cycles" / "cyc-killed"
+    (killed / "snapshot").mkdir(parents=True)  # what the killed cycle left: unscrubbed transcripts
+    (killed / "snapshot" / "messages.parquet").write_bytes(b"transcripts")
+    (killed / "kto.parquet").write_bytes(b"scrubbed dataset")
     with start_server(cycle_settings, tiny_engine) as live:
         assert live.store.read("SELECT status FROM cycles WHERE id = 'cyc-killed'") == [{"status": "interrupted"}]
+        assert not (killed / "snapshot").exists() and (killed / "kto.parquet").read_bytes() == b"scrubbed dataset"
         assert live.store.read("SELECT version, status FROM adapters ORDER BY version") == [
             {"version": "kto-killed", "status": "rejected"}, {"version": "kto-other", "status": "candidate"}]
 

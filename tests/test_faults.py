@@ -192,6 +192,7 @@ def test_kill_9_under_load_loses_no_acknowledged_write(tmp_path, tiny_model_dir)
         restarted.wait_healthy()
         cycle = httpx.get(f"{restarted.url}/api/admin/cycles/{cycle_id}", headers=bearer(admin), timeout=30).json()
         assert cycle["status"] == "interrupted" and cycle["finished_at"], cycle
+        assert not list((data / "cycles").glob("*/snapshot"))  # no unscrubbed copy outlives the killed cycle
         restarted.stop()
     finally:
         restarted.kill_group()
