@@ -73,6 +73,35 @@ def main() -> None:
             print(f"held out, {WRITERS[writer]} ({len(part)}):")
             for name, judge in judges.items():
                 print(f"  {name}: {agreement(judge.figures(part))}")
+        if len(judges) == 2:
+            print(paired_by_prompt(held_out, *judges.values()))
+
+
+def hits(judge, rows: list[dict]) -> list[int]:
+    """Per row, 1 where the judge gave people's label and did not abstain (every-item agreement)."""
+    from serve.judges.finetuned import LABELS
+
+    label_p, _ = judge.probabilities([r["prompt"] for r in rows], [r["answer"] for r in rows])
+    confidence, label = label_p.max(-1)
+    return [int(c >= judge.threshold and LABELS[i].value == r["label"])
+            for r, c, i in zip(rows, confidence.tolist(), label.tolist())]
+
+
+def paired_by_prompt(rows: list[dict], named, new) -> str:
+    """New minus named judge's every-item agreement, paired within each held-out prompt (a prompt's
+    answers share a judge's errors, so the prompt is the unit): mean, 90 % interval, one-sided p."""
+    import numpy as np
+
+    from retrain.evaluation.metrics import bootstrap_ci
+    from retrain.gate import sign_flip_p
+
+    per_prompt: dict[str, list[int]] = {}
+    for row, before, after in zip(rows, hits(named, rows), hits(new, rows)):
+        per_prompt.setdefault(row["prompt"], []).append(after - before)
+    differences = np.array([np.mean(d) for d in per_prompt.values()])
+    low, high = bootstrap_ci(differences, 9999, 0, level=0.9)
+    return (f"new - named, every-item agreement paired by prompt ({len(differences)} prompts): "
+            f"{differences.mean():+.3f} [{low:+.3f}, {high:+.3f}], one-sided p {sign_flip_p(differences, 9999, 0):.4f}")
 
 
 def _train_new(rows: list[dict], out_root: Path, scratch: Path, epochs: int):
