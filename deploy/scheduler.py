@@ -65,8 +65,8 @@ class Jobs:
 
 def start_jobs(settings: Settings, cycle: Cycle, requests: CycleRequests | None = None) -> Jobs:
     """The one-per-record jobs: first mark the cycles a dead predecessor left running as
-    interrupted and remove their snapshots, then the nightly schedule, retention and (``requests``) the cycles admins ask
-    for through replicas that run none."""
+    interrupted and remove their snapshots, then the nightly schedule, retention and
+    (``requests``) the cycles admins ask for through replicas that run none."""
     interrupted = cycle.registry.interrupt_running()
     if interrupted:
         log.warning("marked interrupted: %s", ", ".join(interrupted))
