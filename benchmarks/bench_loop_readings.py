@@ -79,8 +79,9 @@ def table(rows: list[dict]) -> None:
                   f"{c.interval['high']:+.3f}] | {c.p_value:.3f} | {c.detection['before']:.3f} → {c.detection['after']:.3f} | "
                   f"{refusal['before']:.3f} → {refusal['after']:.3f} ({refusal['rise_upper']:+.3f}) | {changed}/{len(active)} |")
     distinct = {(r["prompt"], r["answer"]): r for r in rows if r["judge_label"] is not None}
-    agreed = Counter((r["adapter"] == ACTIVE, r["judge_label"] == r["people_label"]) for r in distinct.values())
-    for is_active, name in ((True, "the active adapter's"), (False, "the candidates'")):
+    active_texts = {(r["prompt"], r["answer"]) for r in rows if r["adapter"] == ACTIVE}
+    agreed = Counter((text in active_texts, r["judge_label"] == r["people_label"]) for text, r in distinct.items())
+    for is_active, name in ((True, "the active adapter's"), (False, "the candidates' new")):
         total = agreed[(is_active, True)] + agreed[(is_active, False)]
         print(f"judge agrees with people on {agreed[(is_active, True)]}/{total} of {name} distinct answers "
               f"({agreed[(is_active, True)] / total:.3f}; abstentions left out)")
