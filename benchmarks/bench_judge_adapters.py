@@ -49,7 +49,7 @@ def agreement(figures: dict) -> str:
 
 def main() -> None:
     from serve.judges.cross_encoder import CrossEncoderConfig
-    from serve.judges.finetuned import load_classifier
+    from serve.judges.finetuned import figures_of, load_classifier
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge", type=Path, required=True, help="a finetuned judge version folder to compare")
@@ -68,39 +68,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if not args.no_train:
             judges["new judge"] = _train_new(trained_on, args.keep or Path(scratch), Path(scratch), args.epochs)
+        # each judge reads the held-out answers once; every figure below comes from these predictions
+        predicted = {name: judge.predictions(held_out) for name, judge in judges.items()}
         for writer in ("adapter", BASE, None):
-            part = [r for r in held_out if writer in (None, r["writer"])]
-            print(f"held out, {WRITERS[writer]} ({len(part)}):")
-            for name, judge in judges.items():
-                print(f"  {name}: {agreement(judge.figures(part))}")
+            at = [i for i, r in enumerate(held_out) if writer in (None, r["writer"])]
+            print(f"held out, {WRITERS[writer]} ({len(at)}):")
+            for name, (labels, harms, abstained) in predicted.items():
+                part = ([labels[i] for i in at], [harms[i] for i in at], [abstained[i] for i in at])
+                print(f"  {name}: {agreement(figures_of([held_out[i] for i in at], part))}")
         if len(judges) == 2:
-            print(paired_by_prompt(held_out, *judges.values()))
+            print(paired_by_prompt(held_out, *predicted.values()))
 
 
-def hits(judge, rows: list[dict]) -> list[int]:
-    """Per row, 1 where the judge gave people's label and did not abstain (every-item agreement)."""
-    from serve.judges.finetuned import LABELS
-
-    label_p, _ = judge.probabilities([r["prompt"] for r in rows], [r["answer"] for r in rows])
-    confidence, label = label_p.max(-1)
-    return [int(c >= judge.threshold and LABELS[i].value == r["label"])
-            for r, c, i in zip(rows, confidence.tolist(), label.tolist())]
+def hits(rows: list[dict], predictions: tuple[list[str], list[int], list[bool]]) -> list[int]:
+    """Per row, 1 where the judge gave people's label and did not abstain (an abstention is a miss:
+    the gate drops the item)."""
+    labels, _, abstained = predictions
+    return [int(not skipped and label == r["label"]) for r, label, skipped in zip(rows, labels, abstained)]
 
 
 def paired_by_prompt(rows: list[dict], named, new) -> str:
-    """New minus named judge's every-item agreement, paired within each held-out prompt (a prompt's
-    answers share a judge's errors, so the prompt is the unit): mean, 90 % interval, one-sided p."""
+    """New minus named judge's share of rows labelled as people did without abstaining, paired within
+    each held-out prompt (a prompt's answers share a judge's errors, so the prompt is the unit):
+    mean, 90 % interval, one-sided p. ``named``, ``new``: each judge's predictions on ``rows``."""
     import numpy as np
 
     from retrain.evaluation.metrics import bootstrap_ci
     from retrain.gate import sign_flip_p
 
     per_prompt: dict[str, list[int]] = {}
-    for row, before, after in zip(rows, hits(named, rows), hits(new, rows)):
+    for row, before, after in zip(rows, hits(rows, named), hits(rows, new)):
         per_prompt.setdefault(row["prompt"], []).append(after - before)
     differences = np.array([np.mean(d) for d in per_prompt.values()])
     low, high = bootstrap_ci(differences, 9999, 0, level=0.9)
-    return (f"new - named, every-item agreement paired by prompt ({len(differences)} prompts): "
+    return (f"new - named, agreed without abstaining, paired by prompt ({len(differences)} prompts): "
             f"{differences.mean():+.3f} [{low:+.3f}, {high:+.3f}], one-sided p {sign_flip_p(differences, 9999, 0):.4f}")
 
 

@@ -108,13 +108,22 @@ class Classifier:
         harm = cross_encoder.logits(self.models["harm"], self.tokenizer, requests, self.config.request_tokens)
         return torch.softmax(label / self.temperature, -1), torch.softmax(harm, -1)
 
-    def figures(self, rows: list[dict]) -> dict:
-        """``agreement.judge_figures`` of this classifier on labelled rows."""
+    def predictions(self, rows: list[dict]) -> tuple[list[str], list[int], list[bool]]:
+        """Per row (prompt, answer): the label, the harm level and whether the judge abstains."""
         label_p, harm_p = self.probabilities([r["prompt"] for r in rows], [r["answer"] for r in rows])
         confidence, label = label_p.max(-1)
-        return judge_figures([r["label"] for r in rows], [LABELS[i].value for i in label.tolist()],
-                             [r["harmful_level"] for r in rows], harm_p.argmax(-1).tolist(),
-                             [c < self.threshold for c in confidence.tolist()])
+        return ([LABELS[i].value for i in label.tolist()], harm_p.argmax(-1).tolist(),
+                [c < self.threshold for c in confidence.tolist()])
+
+    def figures(self, rows: list[dict]) -> dict:
+        """``agreement.judge_figures`` of this classifier on labelled rows."""
+        return figures_of(rows, self.predictions(rows))
+
+
+def figures_of(rows: list[dict], predictions: tuple[list[str], list[int], list[bool]]) -> dict:
+    """``agreement.judge_figures`` of ``Classifier.predictions`` on the labelled rows they were made on."""
+    labels, harms, abstained = predictions
+    return judge_figures([r["label"] for r in rows], labels, [r["harmful_level"] for r in rows], harms, abstained)
 
 
 def _by_source(rows: list[dict]) -> dict[str, list[int]]:
